@@ -1,0 +1,1 @@
+"""Prefect flows: composition of pipeline and model steps, nothing else."""

@@ -1,0 +1,1 @@
+"""The built-in torch models, trainer, evaluation and ONNX scorer export."""

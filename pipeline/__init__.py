@@ -1,0 +1,1 @@
+"""Dataset curation by training dynamics (STM): ingest, scoring, policies, manifests."""

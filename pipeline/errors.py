@@ -1,0 +1,44 @@
+"""The error hierarchy: every user-facing failure is a PipelineError whose message is one
+line naming the file, column or sample at fault, so the CLI can print it without a traceback."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of every error the CLI reports as one line and a non-zero exit."""
+
+
+class ConfigError(PipelineError):
+    """A config file, key or value is invalid."""
+
+
+class DatasetError(PipelineError):
+    """The input dataset cannot be read or does not meet the sample contract."""
+
+
+class MissingColumn(DatasetError):
+    """A column named in the config is absent from the dataset."""
+
+
+class DuplicateSampleId(DatasetError):
+    """Two samples share one sample_id: ids must be unique, never silently merged."""
+
+
+class NullSampleId(DatasetError):
+    """A sample has no id."""
+
+
+class EmptyDataset(DatasetError):
+    """The dataset has no rows."""
+
+
+class ScorerContractError(PipelineError):
+    """An ONNX scorer does not meet the scorer contract for a dataset."""
+
+
+class ManifestIntegrityError(PipelineError):
+    """A manifest or pool file does not match its recorded hash, or would be overwritten."""
+
+
+class StoreError(PipelineError):
+    """The store root or a run in it is missing or malformed."""
