@@ -1,0 +1,85 @@
+"""The STM curation flow: per epoch train -> export ONNX -> evaluate -> score -> prune ->
+manifest, round after round, each round resetting the pool with a tighter mastery floor.
+It only composes tasks; every step is a plain function tested without Prefect."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow
+
+from flows import tasks
+from pipeline.config import RunConfig
+from pipeline.pruning import StepInputs
+from pipeline.store import RunLayout
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """A finished step, for progress displays: its manifest and where the time went."""
+
+    record: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    layout: RunLayout
+    manifests: list[dict[str, Any]]
+
+
+Reporter = Callable[[StepReport], None]
+
+
+def _ignore(_: StepReport) -> None:
+    return None
+
+
+def run_epoch(
+    ctx: tasks.RunContext, parent: dict[str, Any], round_index: int, epoch: int
+) -> StepReport:
+    started = time.perf_counter()
+    trained = tasks.train(ctx, parent, round_index, epoch)
+    scorer, scorer_sha256, export_seconds = tasks.export(ctx, round_index, epoch)
+    accuracy, evaluate_seconds = tasks.held_out_accuracy(ctx)
+    raw_scores, scored = tasks.score(ctx, scorer, parent, round_index, epoch)
+    seconds = {
+        "train": trained.seconds,
+        "export": export_seconds,
+        "evaluate": evaluate_seconds,
+        "score": scored.seconds,
+    }
+    step = StepInputs(
+        round_index=round_index,
+        epoch=epoch,
+        raw_scores=raw_scores,
+        scorer=scorer,
+        scorer_sha256=scorer_sha256,
+        tokens_trained=trained.tokens_trained,
+        tokens_scored=scored.tokens_scored,
+        metrics={"accuracy": accuracy, "train_loss": trained.mean_loss, "seconds": seconds},
+    )
+    record = tasks.prune(ctx, parent, step)
+    return StepReport(record, {**seconds, "epoch": time.perf_counter() - started})
+
+
+@flow(name="stm-curation", validate_parameters=False)
+def stm_flow(config: RunConfig, report: Reporter = _ignore) -> RunResult:
+    ctx = tasks.prepare_run(config)
+    manifests: list[dict[str, Any]] = []
+    parent: dict[str, Any] | None = None
+    for round_index in range(config.rounds):
+        parent = tasks.reset(ctx, round_index, parent)
+        manifests.append(parent)
+        report(StepReport(parent))
+        for epoch in range(1, config.epochs + 1):
+            if parent["pool"]["size"] == 0:
+                break
+            step = run_epoch(ctx, parent, round_index, epoch)
+            parent = step.record
+            manifests.append(parent)
+            report(step)
+    return RunResult(ctx.layout, manifests)

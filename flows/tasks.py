@@ -1,0 +1,126 @@
+"""Prefect tasks: a few lines each, calling the plain functions of `pipeline` and
+`models`. Caching is off: inputs are Arrow tables and paths whose content changes under
+the same name between epochs, and every step already writes its own durable output."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models.charset import Vocabulary, build_vocabulary, encode_samples
+from models.evaluate import evaluate
+from models.export import export_scorer
+from models.trainer import TrainStats, train_epoch
+from pipeline.arithmetic import generate_arithmetic
+from pipeline.config import RunConfig
+from pipeline.ingest import dataset_fingerprint, load_samples
+from pipeline.pruning import StepInputs, pool_ids, prune_step, reset_pool
+from pipeline.runs import RunInputs, create_run
+from pipeline.scoring import ScoreSummary, score_pool
+from pipeline.store import RunLayout, read_samples_subset, temporary_sibling
+
+TRAIN_COLUMNS = ["sample_id", "tokens", "loss_mask", "n_tokens"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every epoch's tasks need to find the run's files and settings."""
+
+    config: RunConfig
+    layout: RunLayout
+    fingerprint: str
+    vocabulary: Vocabulary
+    has_eval: bool
+
+
+def shuffle_seed(seed: int, round_index: int, epoch: int) -> int:
+    """A distinct, reproducible shuffle per (seed, round, epoch)."""
+    return int(np.random.SeedSequence([seed, round_index, epoch]).generate_state(1)[0])
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_run(config: RunConfig) -> RunContext:
+    data = config.data
+    columns = [data.prompt_column, data.target_column]
+    if data.path is None:
+        samples, eval_samples = generate_arithmetic(data.arithmetic, config.seed)
+    else:
+        samples = load_samples(data, columns)
+        eval_samples = None
+        if data.eval_path is not None:
+            eval_samples = load_samples(replace(data, path=data.eval_path), columns)
+    vocabulary = build_vocabulary(
+        pa.concat_tables([t.select(columns) for t in (samples, eval_samples) if t is not None]),
+        columns,
+    )
+    inputs = RunInputs(
+        samples=encode_samples(samples, data.prompt_column, data.target_column, vocabulary),
+        eval_samples=eval_samples,
+        fingerprint=dataset_fingerprint(samples),
+        vocabulary_json=vocabulary.to_json(),
+    )
+    layout = create_run(config, inputs)
+    return RunContext(config, layout, inputs.fingerprint, vocabulary, eval_samples is not None)
+
+
+@task(name="reset-pool", cache_policy=NO_CACHE)
+def reset(ctx: RunContext, round_index: int, parent: dict[str, Any] | None) -> dict[str, Any]:
+    return reset_pool(ctx.layout, round_index, parent, ctx.config.policy, ctx.fingerprint)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(ctx: RunContext, parent: dict[str, Any], round_index: int, epoch: int) -> TrainStats:
+    pool = read_samples_subset(ctx.layout.samples, pool_ids(ctx.layout, parent), TRAIN_COLUMNS)
+    config = ctx.config
+    return train_epoch(
+        pool, ctx.layout.trainer_dir, ctx.vocabulary.size, config.model, config.train,
+        seed=config.seed, shuffle_seed=shuffle_seed(config.seed, round_index, epoch),
+    )
+
+
+@task(name="export-scorer", cache_policy=NO_CACHE)
+def export(ctx: RunContext, round_index: int, epoch: int) -> tuple[Path, str, float]:
+    started = time.perf_counter()
+    path = ctx.layout.scorer(round_index, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = export_scorer(ctx.layout.trainer_dir, path)
+    return path, digest, time.perf_counter() - started
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def held_out_accuracy(ctx: RunContext) -> tuple[dict[str, float], float]:
+    if not ctx.has_eval:
+        return {}, 0.0
+    started = time.perf_counter()
+    data = ctx.config.data
+    accuracy = evaluate(
+        ctx.layout.trainer_dir, pq.read_table(ctx.layout.eval_samples), ctx.vocabulary,
+        data.prompt_column, data.target_column,
+    )
+    return accuracy, time.perf_counter() - started
+
+
+@task(name="score", cache_policy=NO_CACHE)
+def score(
+    ctx: RunContext, scorer: Path, parent: dict[str, Any], round_index: int, epoch: int
+) -> tuple[Path, ScoreSummary]:
+    final = ctx.layout.scores(round_index, epoch)
+    raw = temporary_sibling(final)
+    summary = score_pool(
+        scorer, ctx.layout.samples, pool_ids(ctx.layout, parent), raw,
+        ctx.config.scoring.batch_size, ctx.config.scoring.threads,
+    )
+    return raw, summary
+
+
+@task(name="prune", cache_policy=NO_CACHE)
+def prune(ctx: RunContext, parent: dict[str, Any], step: StepInputs) -> dict[str, Any]:
+    return prune_step(ctx.layout, parent, step, ctx.config.policy)

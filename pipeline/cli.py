@@ -1,0 +1,251 @@
+"""The `stm` command line: every user-facing step, with `--help`, `--json` where scripts
+consume the output, and one clear line (no traceback) for any pipeline error."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.config import RunConfig, load_config, with_overrides
+from pipeline.errors import PipelineError
+from pipeline.pruning import run_manifests
+from pipeline.runs import read_run_record, store_runs
+
+STORE_OPTION = click.option(
+    "--store", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Store root holding runs and pools [default: manifests, or the config's store].",
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stm-curate")
+def cli() -> None:
+    """Curate a training set by its training dynamics (Subtractive Training Method).
+
+    After each training epoch every sample of the pool is scored by an ONNX export of the
+    model; samples whose loss dropped sharply AND reached the mastery floor leave the pool.
+    Each (round, epoch) pool is an immutable, content-addressed manifest in the store.
+    """
+
+
+def _prefect_defaults(store: Path) -> None:
+    """Run Prefect in-process with its state under the store, not the user's home, unless
+    the user points it at a server or a home of their own."""
+    if "PREFECT_API_URL" not in os.environ:
+        os.environ.setdefault("PREFECT_HOME", str((store / ".prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def _groups(counts: dict[str, Any], fmt: Callable[[Any], str] = str) -> str:
+    if not counts:
+        return "-"
+    if len(counts) == 1:
+        return fmt(next(iter(counts.values())))
+    return "  ".join(f"{group} {fmt(value)}" for group, value in counts.items())
+
+
+def _accuracy(accuracy: dict[str, float]) -> str:
+    per_group = {k: v for k, v in accuracy.items() if k != "all"}
+    return _groups(per_group, lambda v: f"{v:.3f}")
+
+
+def _epoch_table() -> Table:
+    table = Table(title="STM run", title_justify="left")
+    for name in ("round", "epoch", "pool", "dropped", "tokens trained", "tokens scored",
+                 "held-out acc", "s"):
+        table.add_column(name, justify="right" if name not in ("pool", "held-out acc") else "left")
+    return table
+
+
+def _add_row(table: Table, record: dict[str, Any], seconds: dict[str, float]) -> None:
+    step = record["step"] or {}
+    table.add_row(
+        str(record["round"]),
+        str(record["epoch"]),
+        _groups(record["pool"]["by_group"]),
+        str(step.get("dropped", "-")),
+        f"{record['tokens']['trained']:,}",
+        f"{record['tokens']['scored']:,}",
+        _accuracy(record["metrics"].get("accuracy", {})),
+        f"{seconds['epoch']:.2f}" if "epoch" in seconds else "",
+    )
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    step = record["step"] or {}
+    return {
+        "id": record["id"],
+        "round": record["round"],
+        "epoch": record["epoch"],
+        "pool": record["pool"]["size"],
+        "pool_by_group": record["pool"]["by_group"],
+        "dropped": step.get("dropped", 0),
+        "dropped_by_reason": {k: v for k, v in step.get("by_reason", {}).items()},
+        "tokens_trained": record["tokens"]["trained"],
+        "tokens_scored": record["tokens"]["scored"],
+        "accuracy": record["metrics"].get("accuracy", {}),
+    }
+
+
+def _quiet_prefect_logs() -> None:
+    """A failed task is reported once, by the CLI, as one line: Prefect's own traceback
+    logging of the same error would bury it."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config file (see configs/); flags below override its keys.")
+@STORE_OPTION
+@click.option("--data", type=str, help="Dataset: Parquet/JSONL/CSV file, directory or glob, "
+              "or a `datasets` save_to_disk directory [default: built-in arithmetic].")
+@click.option("--eval-data", type=str, help="Held-out set for accuracy (same formats).")
+@click.option("--id-column", type=str, help="Column holding sample ids [default: content hash].")
+@click.option("--group-column", type=str, help="Column holding each sample's group.")
+@click.option("--prompt-column", type=str, help="Prompt text column [default: prompt].")
+@click.option("--target-column", type=str, help="Target text column [default: target].")
+@click.option("--run-id", type=str, help="Name of the run [default: time and config hash].")
+@click.option("--seed", type=int, help="Seed for data, initialisation and shuffling.")
+@click.option("--rounds", type=click.IntRange(min=1), help="Rounds (pool resets).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs per round.")
+@click.option("--policy", type=str, help="Pruning policy: stm or standard.")
+@click.option("--floor", type=float, help="Mastery floor of round 0 (loss, nats).")
+@click.option("--delta", type=float, help="Loss drop that counts as sharp.")
+@JSON_OPTION
+def run(config_path: Path | None, store: Path | None, as_json: bool, **flags: Any) -> None:
+    """Run STM on a dataset: train, export, score, prune and write a manifest per epoch.
+
+    With no options it runs the built-in arithmetic benchmark on embedded defaults with a
+    local, serverless Prefect, writing under manifests/. Set PREFECT_API_URL to run
+    against a Prefect server instead.
+    """
+    overrides = {
+        "store": str(store) if store else None,
+        "data.path": flags["data"],
+        "data.eval_path": flags["eval_data"],
+        "data.id_column": flags["id_column"],
+        "data.group_column": flags["group_column"],
+        "data.prompt_column": flags["prompt_column"],
+        "data.target_column": flags["target_column"],
+        "run_id": flags["run_id"],
+        "seed": flags["seed"],
+        "rounds": flags["rounds"],
+        "epochs": flags["epochs"],
+        "policy.name": flags["policy"],
+        "policy.floor": flags["floor"],
+        "policy.delta": flags["delta"],
+    }
+    config = with_overrides(load_config(config_path), overrides).validate()
+    _prefect_defaults(Path(config.store))
+    from pipeline.policies import get_policy
+
+    get_policy(config.policy.name)
+    _run_flow(config, as_json)
+
+
+def _run_flow(config: RunConfig, as_json: bool) -> None:
+    from flows.stm_flow import StepReport, stm_flow
+
+    console = Console(stderr=as_json)
+    table = _epoch_table()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)
+    bar = progress.add_task("starting (local Prefect)", total=config.rounds * config.epochs)
+
+    def report(step: StepReport) -> None:
+        record = step.record
+        if record["kind"] == "prune":
+            progress.advance(bar)
+        progress.update(bar, description=f"round {record['round']} epoch {record['epoch']}")
+        _add_row(table, record, step.seconds)
+
+    _quiet_prefect_logs()
+    with Live(Group(table, progress), console=console, refresh_per_second=4):
+        result = stm_flow(config, report=report)
+    final = result.manifests[-1]
+    console.print(
+        f"Manifests of run [bold]{result.layout.run_id}[/] are in "
+        f"{result.layout.manifest_dir} (final pool {final['pool']['size']} of "
+        f"{final['dataset']['samples']}, manifest {final['id'][:12]})."
+    )
+    if as_json:
+        click.echo(json.dumps({
+            "run": result.layout.run_id,
+            "store": str(result.layout.root),
+            "run_dir": str(result.layout.run_dir),
+            "manifests": [_summary(r) for r in result.manifests],
+        }, indent=2))
+
+
+@cli.command()
+@STORE_OPTION
+@JSON_OPTION
+def runs(store: Path | None, as_json: bool) -> None:
+    """List the runs in a store, with the state of their latest manifest."""
+    root = store or Path(RunConfig().store)
+    rows = []
+    for layout in store_runs(root):
+        record = read_run_record(layout)
+        manifests = run_manifests(layout)
+        last = manifests[-1] if manifests else None
+        rows.append({
+            "run": layout.run_id,
+            "created": record["created"],
+            "policy": record["policy"],
+            "seed": record["seed"],
+            "source": record["dataset"]["source"],
+            "samples": record["dataset"]["samples"],
+            "steps": len(manifests),
+            "last_round": last["round"] if last else None,
+            "last_epoch": last["epoch"] if last else None,
+            "pool": last["pool"]["size"] if last else None,
+            "tokens_trained": last["tokens"]["trained"] if last else 0,
+            "tokens_scored": last["tokens"]["scored"] if last else 0,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"No runs in {root}.")
+        return
+    table = Table(title=f"Runs in {root}", title_justify="left")
+    for name in ("run", "created", "policy", "seed", "source", "last (r, e)", "pool",
+                 "tokens trained", "tokens scored"):
+        table.add_column(name)
+    for row in rows:
+        table.add_row(
+            row["run"], row["created"], row["policy"], str(row["seed"]), row["source"],
+            f"({row['last_round']}, {row['last_epoch']})", f"{row['pool']} / {row['samples']}",
+            f"{row['tokens_trained']:,}", f"{row['tokens_scored']:,}",
+        )
+    Console().print(table)
+
+
+def main() -> None:
+    """Entry point: pipeline errors become one line on stderr and exit code 1."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except PipelineError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)

@@ -1,0 +1,188 @@
+"""One pruning step at the I/O edge: loss deltas from the raw scores, a policy's decisions,
+the surviving pool and its manifest, each written atomically. The logic itself lives in
+`deltas`, `policies` and `manifest`; this module only reads, composes and writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from pipeline.config import PolicyConfig
+from pipeline.deltas import with_loss_deltas
+from pipeline.errors import ManifestIntegrityError
+from pipeline.manifest import (
+    SCHEMA_VERSION, encode_record, group_counts, load_manifest, pool_hash_of_frame, with_id,
+)
+from pipeline.policies import PolicyParams, get_policy, policy_parameters
+from pipeline.store import (
+    RunLayout, sha256_file, temporary_sibling, write_immutable, write_parquet_atomic,
+)
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What the training and scoring stages of one epoch hand to its pruning step."""
+
+    round_index: int
+    epoch: int
+    raw_scores: Path
+    scorer: Path
+    scorer_sha256: str
+    tokens_trained: int
+    tokens_scored: int
+    metrics: dict[str, Any]
+
+
+def pool_ids(layout: RunLayout, record: dict[str, Any]) -> pa.Array:
+    """The surviving ids of a manifest, as an Arrow array for pushed-down filters."""
+    path = layout.resolve(record["pool"]["path"])
+    return pl.read_parquet(path, columns=["sample_id"]).get_column("sample_id").to_arrow()
+
+
+def _write_pool(layout: RunLayout, survivors: pl.DataFrame) -> dict[str, Any]:
+    survivors = survivors.select("sample_id", "group").sort("sample_id")
+    digest = pool_hash_of_frame(survivors)
+    path = layout.pool(digest)
+    if not path.exists():
+        write_parquet_atomic(survivors.to_arrow(), path)
+    return {
+        "path": layout.relative(path),
+        "sha256": digest,
+        "size": survivors.height,
+        "by_group": group_counts(survivors),
+    }
+
+
+def _policy_entry(config: PolicyConfig, round_index: int) -> dict[str, Any]:
+    params = PolicyParams.for_round(config, round_index)
+    return {"name": config.name, "params": policy_parameters(config.name, params)}
+
+
+def _write_manifest(layout: RunLayout, record: dict[str, Any]) -> dict[str, Any]:
+    record = with_id(record)
+    write_immutable(layout.manifest(record["round"], record["epoch"]), encode_record(record))
+    return record
+
+
+def reset_pool(
+    layout: RunLayout,
+    round_index: int,
+    parent: dict[str, Any] | None,
+    policy: PolicyConfig,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Epoch 0 of a round: the pool is the whole dataset again (Recursive STM)."""
+    samples = pl.read_parquet(layout.samples, columns=["sample_id", "group"])
+    tokens = parent["tokens"] if parent else {"trained": 0, "scored": 0}
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "run": layout.run_id,
+        "round": round_index,
+        "epoch": 0,
+        "kind": "reset",
+        "parent": parent["id"] if parent else None,
+        "policy": _policy_entry(policy, round_index),
+        "scorer": None,
+        "dataset": {"fingerprint": fingerprint, "samples": samples.height},
+        "pool": _write_pool(layout, samples),
+        "step": None,
+        "tokens": {**tokens, "trained_step": 0, "scored_step": 0},
+        "metrics": {},
+    }
+    return _write_manifest(layout, record)
+
+
+def _scored_with_deltas(layout: RunLayout, step: StepInputs) -> Path:
+    """Write the scores file of this step: raw losses joined to the previous pass."""
+    previous = None
+    if step.epoch > 1:
+        previous = pl.scan_parquet(layout.scores(step.round_index, step.epoch - 1))
+    scores = with_loss_deltas(
+        pl.scan_parquet(step.raw_scores), previous, step.round_index, step.epoch
+    )
+    path = layout.scores(step.round_index, step.epoch)
+    tmp = temporary_sibling(path)
+    try:
+        scores.sink_parquet(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    step.raw_scores.unlink(missing_ok=True)
+    return path
+
+
+def decide(
+    scores: pl.LazyFrame, groups: pl.LazyFrame, policy: PolicyConfig, round_index: int
+) -> pl.LazyFrame:
+    """Every scored sample with its group, its loss columns, `keep` and `reason`."""
+    params = PolicyParams.for_round(policy, round_index)
+    decisions = get_policy(policy.name)(scores, params)
+    return (
+        decisions.join(scores.select("sample_id", "loss", "loss_prev", "delta"),
+                       on="sample_id", how="left", validate="1:1")
+        .join(groups, on="sample_id", how="left", validate="1:1")
+        .select("sample_id", "group", "keep", "reason", "loss", "loss_prev", "delta")
+    )
+
+
+def prune_step(
+    layout: RunLayout,
+    parent: dict[str, Any],
+    step: StepInputs,
+    policy: PolicyConfig,
+) -> dict[str, Any]:
+    """Score deltas, decide, write the surviving pool and the manifest of (round, epoch)."""
+    scores_path = _scored_with_deltas(layout, step)
+    groups = pl.scan_parquet(layout.samples).select("sample_id", "group")
+    decisions = decide(pl.scan_parquet(scores_path), groups, policy, step.round_index)
+    decided = decisions.collect(engine="streaming").sort("sample_id")
+    if decided.height != parent["pool"]["size"]:
+        raise ManifestIntegrityError(
+            f"{scores_path}: {decided.height} samples scored but the pool of manifest "
+            f"{parent['id']} has {parent['pool']['size']}"
+        )
+    decisions_path = layout.decisions(step.round_index, step.epoch)
+    write_parquet_atomic(decided.to_arrow(), decisions_path)
+    dropped = decided.filter(~pl.col("keep"))
+    tokens = parent["tokens"]
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "run": layout.run_id,
+        "round": step.round_index,
+        "epoch": step.epoch,
+        "kind": "prune",
+        "parent": parent["id"],
+        "policy": _policy_entry(policy, step.round_index),
+        "scorer": {"path": layout.relative(step.scorer), "sha256": step.scorer_sha256},
+        "dataset": parent["dataset"],
+        "pool": _write_pool(layout, decided.filter(pl.col("keep"))),
+        "step": {
+            "scored": decided.height,
+            "dropped": dropped.height,
+            "by_reason": group_counts(decided, "reason"),
+            "dropped_by_group": group_counts(dropped),
+            "scores": {"path": layout.relative(scores_path), "sha256": sha256_file(scores_path)},
+            "decisions": {
+                "path": layout.relative(decisions_path),
+                "sha256": sha256_file(decisions_path),
+            },
+        },
+        "tokens": {
+            "trained": tokens["trained"] + step.tokens_trained,
+            "scored": tokens["scored"] + step.tokens_scored,
+            "trained_step": step.tokens_trained,
+            "scored_step": step.tokens_scored,
+        },
+        "metrics": step.metrics,
+    }
+    return _write_manifest(layout, record)
+
+
+def run_manifests(layout: RunLayout) -> list[dict[str, Any]]:
+    """The manifests of a run in (round, epoch) order, each checked against its id."""
+    return [load_manifest(p) for p in sorted(layout.manifest_dir.glob("*.json"))]

@@ -1,0 +1,91 @@
+"""Creating and listing runs in a store: the run directory, its resolved config and the
+run record written once at the start (see manifests/README.md for the layout)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.config import RunConfig, dumps_toml
+from pipeline.errors import StoreError
+from pipeline.store import RunLayout, list_runs, write_parquet_atomic, write_text_atomic
+
+RUN_SCHEMA_VERSION = 1
+_VERSIONED_PACKAGES = ("pyarrow", "polars", "onnxruntime", "torch", "prefect", "datasets")
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """The prepared data of a run, ready to be written into its directory."""
+
+    samples: pa.Table
+    eval_samples: pa.Table | None
+    fingerprint: str
+    vocabulary_json: str
+
+
+def default_run_id(config: RunConfig, now: datetime) -> str:
+    """Sortable by time, and tells configs apart at a glance."""
+    digest = hashlib.sha256(dumps_toml(config).encode()).hexdigest()[:8]
+    return f"{now:%Y%m%d-%H%M%S}-{digest}"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def create_run(config: RunConfig, inputs: RunInputs, now: datetime | None = None) -> RunLayout:
+    """Write a new run's directory; an existing run is never overwritten."""
+    now = now or datetime.now(UTC)
+    run_id = config.run_id or default_run_id(config, now)
+    layout = RunLayout(Path(config.store), run_id)
+    if layout.run_record.exists():
+        raise StoreError(f"{layout.run_dir}: run {run_id!r} already exists; pick another --run-id")
+    write_parquet_atomic(inputs.samples, layout.samples)
+    if inputs.eval_samples is not None:
+        write_parquet_atomic(inputs.eval_samples, layout.eval_samples)
+    write_text_atomic(layout.vocabulary, inputs.vocabulary_json)
+    write_text_atomic(layout.config, dumps_toml(config))
+    record = {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "run": run_id,
+        "created": now.isoformat(timespec="seconds"),
+        "seed": config.seed,
+        "policy": config.policy.name,
+        "rounds": config.rounds,
+        "epochs": config.epochs,
+        "dataset": {
+            "source": config.data.path or "builtin:arithmetic",
+            "fingerprint": inputs.fingerprint,
+            "samples": inputs.samples.num_rows,
+            "eval_samples": inputs.eval_samples.num_rows if inputs.eval_samples else 0,
+        },
+        "versions": _versions(),
+    }
+    write_text_atomic(layout.run_record, json.dumps(record, sort_keys=True, indent=2) + "\n")
+    return layout
+
+
+def read_run_record(layout: RunLayout) -> dict[str, Any]:
+    try:
+        return json.loads(layout.run_record.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise StoreError(f"{layout.run_record}: unreadable run record: {err}") from err
+
+
+def store_runs(root: Path) -> list[RunLayout]:
+    return [RunLayout(root, run_id) for run_id in list_runs(root)]

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import ScorerContractError
+from pipeline.scoring import pad_list_column, score_pool
+from tests.builders import make_sample_table, make_sum_scorer
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> Path:
+    path = tmp_path / "samples.parquet"
+    pq.write_table(make_sample_table(n=7), path)
+    return path
+
+
+def run_scoring(tmp_path: Path, scorer: Path, samples: Path, ids: list[str], batch_size: int = 3):
+    out = tmp_path / "raw.parquet"
+    summary = score_pool(scorer, samples, pa.array(ids), out, batch_size=batch_size, threads=1)
+    return summary, pq.read_table(out)
+
+
+def test_scores_exactly_the_pool_streaming_in_batches(tmp_path: Path, samples: Path) -> None:
+    scorer = make_sum_scorer(tmp_path / "sum.onnx")
+    ids = ["s000", "s001", "s002", "s003", "s005", "s006"]
+    summary, table = run_scoring(tmp_path, scorer, samples, ids, batch_size=2)
+    losses = dict(zip(table["sample_id"].to_pylist(), table["loss"].to_pylist(), strict=True))
+    # loss = sum of the unpadded values: padding with zeros must not change it
+    assert losses == {"s000": 0.0, "s001": 1.5, "s002": 2.0, "s003": 3.5, "s005": 5.5,
+                      "s006": 6.0}
+    assert summary.samples == 6
+    assert summary.tokens_scored == 1 + 2 + 1 + 2 + 2 + 1
+    assert table.schema.field("loss").type == pa.float32()
+
+
+def test_pad_list_column_pads_with_zeros_from_buffers() -> None:
+    column = pa.array([[1, 2, 3], [], [4]], type=pa.list_(pa.int64()))
+    np.testing.assert_array_equal(
+        pad_list_column(column, np.int64), np.array([[1, 2, 3], [0, 0, 0], [4, 0, 0]])
+    )
+
+
+def test_input_without_matching_column_is_named(tmp_path: Path, samples: Path) -> None:
+    scorer = make_sum_scorer(tmp_path / "s.onnx", input_name="tokens")
+    with pytest.raises(ScorerContractError, match=r"input 'tokens' has no column of that name in .*samples.parquet"):
+        run_scoring(tmp_path, scorer, samples, ["s000"])
+
+
+def test_missing_loss_output_is_named(tmp_path: Path, samples: Path) -> None:
+    scorer = make_sum_scorer(tmp_path / "s.onnx", output_name="nll")
+    with pytest.raises(ScorerContractError, match=r"no output named 'loss' \(outputs: nll\)"):
+        run_scoring(tmp_path, scorer, samples, ["s000"])
+
+
+def test_loss_of_wrong_rank_is_rejected(tmp_path: Path, samples: Path) -> None:
+    scorer = make_sum_scorer(tmp_path / "s.onnx", keep_rank=True)
+    with pytest.raises(ScorerContractError, match=r"output 'loss' must be float32 \[batch\]"):
+        run_scoring(tmp_path, scorer, samples, ["s000"])
+
+
+def test_unloadable_model_is_named(tmp_path: Path, samples: Path) -> None:
+    scorer = tmp_path / "broken.onnx"
+    scorer.write_bytes(b"not a model")
+    with pytest.raises(ScorerContractError, match=r"broken.onnx: not a loadable ONNX model"):
+        run_scoring(tmp_path, scorer, samples, ["s000"])
+
+
+def test_failed_scoring_leaves_no_output(tmp_path: Path, samples: Path) -> None:
+    bad = samples.with_name("bad.parquet")
+    table = make_sample_table(n=3)
+    values = pa.array([[1.0], [float("nan")], [2.0]], type=pa.list_(pa.float32()))
+    pq.write_table(table.set_column(2, "values", values), bad)
+    scorer = make_sum_scorer(tmp_path / "s.onnx")
+    with pytest.raises(ScorerContractError, match=r"non-finite loss nan for sample 's001'"):
+        run_scoring(tmp_path, scorer, bad, ["s000", "s001", "s002"])
+    assert list(tmp_path.glob("*raw*")) == []
