@@ -34,10 +34,6 @@ class RunResult:
 Reporter = Callable[[StepReport], None]
 
 
-def _ignore(_: StepReport) -> None:
-    return None
-
-
 def run_epoch(
     ctx: tasks.RunContext, parent: dict[str, Any], round_index: int, epoch: int
 ) -> StepReport:
@@ -67,7 +63,8 @@ def run_epoch(
 
 
 @flow(name="stm-curation", validate_parameters=False)
-def stm_flow(config: RunConfig, report: Reporter = _ignore) -> RunResult:
+def stm_flow(config: RunConfig, report: Reporter | None = None) -> RunResult:
+    report = report or (lambda _: None)
     ctx = tasks.prepare_run(config)
     manifests: list[dict[str, Any]] = []
     parent: dict[str, Any] | None = None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from rich.table import Table
 
 from pipeline.config import RunConfig, load_config, with_overrides
 from pipeline.errors import PipelineError
+from pipeline.policies import POLICIES, get_policy
 from pipeline.pruning import run_manifests
 from pipeline.runs import read_run_record, store_runs
 
@@ -29,7 +29,18 @@ STORE_OPTION = click.option(
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class StmGroup(click.Group):
+    """Turns every pipeline error into click's one-line `Error: ...` and exit code 1: a
+    user mistake never shows a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PipelineError as err:
+            raise click.ClickException(str(err)) from err
+
+
+@click.group(cls=StmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stm-curate")
 def cli() -> None:
     """Curate a training set by its training dynamics (Subtractive Training Method).
@@ -123,7 +134,7 @@ def _quiet_prefect_logs() -> None:
 @click.option("--seed", type=int, help="Seed for data, initialisation and shuffling.")
 @click.option("--rounds", type=click.IntRange(min=1), help="Rounds (pool resets).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs per round.")
-@click.option("--policy", type=str, help="Pruning policy: stm or standard.")
+@click.option("--policy", type=click.Choice(sorted(POLICIES)), help="Pruning policy.")
 @click.option("--floor", type=float, help="Mastery floor of round 0 (loss, nats).")
 @click.option("--delta", type=float, help="Loss drop that counts as sharp.")
 @JSON_OPTION
@@ -151,10 +162,8 @@ def run(config_path: Path | None, store: Path | None, as_json: bool, **flags: An
         "policy.delta": flags["delta"],
     }
     config = with_overrides(load_config(config_path), overrides).validate()
-    _prefect_defaults(Path(config.store))
-    from pipeline.policies import get_policy
-
     get_policy(config.policy.name)
+    _prefect_defaults(Path(config.store))
     _run_flow(config, as_json)
 
 
@@ -237,15 +246,4 @@ def runs(store: Path | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Entry point: pipeline errors become one line on stderr and exit code 1."""
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except PipelineError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
+    cli()

@@ -1,0 +1,350 @@
+"""Read a user's dataset (files, a glob, or a saved Hugging Face dataset) into one Arrow
+table with a unique string `sample_id` and a `group` per sample, and fingerprint it.
+
+Row numbers in error messages are 0-based data rows within the named file (a CSV header
+is not a row), so a user can find the offending sample in the file they gave us.
+"""
+
+from __future__ import annotations
+
+import bisect
+import glob
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from pipeline.config import DataConfig
+from pipeline.errors import (
+    DatasetError,
+    DuplicateSampleId,
+    EmptyDataset,
+    MissingColumn,
+    NullSampleId,
+)
+
+SAMPLE_ID = "sample_id"
+GROUP = "group"
+DEFAULT_GROUP = "all"
+SUPPORTED_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
+CONTENT_ID_HEX_CHARS = 16
+
+
+@dataclass(frozen=True)
+class _RowOrigins:
+    """Which file each row of the concatenated table came from, so errors can name the
+    file and the row within it instead of a position in a table the user never saw."""
+
+    files: tuple[str, ...]
+    starts: tuple[int, ...]
+
+    def locate(self, row: int) -> tuple[str, int]:
+        part = bisect.bisect_right(self.starts, row) - 1
+        return self.files[part], row - self.starts[part]
+
+
+def load_samples(data: DataConfig, required_columns: Sequence[str]) -> pa.Table:
+    """The dataset at `data.path` as a table `sample_id, group, <original columns>`.
+
+    `sample_id` is `data.id_column` cast to string, or a content hash of the row when no
+    id column is configured; ids must be present and unique because every later stage
+    joins on them. `group` is `data.group_column` cast to string, or "all".
+    """
+    if data.path is None:
+        raise DatasetError("data.path is unset: the built-in arithmetic benchmark has no files")
+    string_columns = [data.id_column] if data.id_column else []
+    table, origins = _read_dataset(data.path, string_columns)
+    if table.num_rows == 0:
+        raise EmptyDataset(f"{data.path}: the dataset has no rows")
+    _check_columns(data, table, required_columns)
+    if data.id_column is None:
+        sample_ids = _content_ids(table)
+    else:
+        sample_ids = _cast_to_string(table, data.id_column, data.path)
+    _check_sample_ids(sample_ids, origins, data.id_column)
+    groups = _groups(table, data.group_column, data.path, sample_ids, origins)
+    replaced = [
+        name
+        for name, output in ((data.id_column, SAMPLE_ID), (data.group_column, GROUP))
+        if name == output
+    ]
+    original = table.drop_columns(replaced)
+    return original.add_column(0, SAMPLE_ID, sample_ids).add_column(1, GROUP, groups)
+
+
+def dataset_fingerprint(table: pa.Table) -> str:
+    """sha256 hex of the table's content, independent of row and column order.
+
+    Rows are sorted by `sample_id` (assumed unique, as `load_samples` guarantees) and
+    written as JSON lines under a header of the sorted column names. JSON text of Python
+    values, unlike Arrow IPC bytes, does not change when a library changes its encoding,
+    so a fingerprint recorded in a manifest still verifies after an upgrade.
+    """
+    names = sorted(table.column_names)
+    ordered = table.select(names).sort_by(SAMPLE_ID)
+    digest = hashlib.sha256()
+    digest.update(_json_line(names).encode())
+    for batch in ordered.to_batches():
+        columns = [batch.column(name).to_pylist() for name in names]
+        digest.update("".join(_json_line(list(row)) for row in zip(*columns)).encode())
+    return digest.hexdigest()
+
+
+# One encoder for every row: building one per json.dumps call doubles the fingerprint time.
+# default=str gives a fixed text for values JSON lacks (dates, decimals, bytes).
+_ROW_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _json_line(values: list[object]) -> str:
+    return _ROW_ENCODER.encode(values) + "\n"
+
+
+def _read_dataset(path: str, string_columns: Sequence[str]) -> tuple[pa.Table, _RowOrigins]:
+    """All rows of the dataset and the file each came from; files without rows add none."""
+    if _is_saved_hf_dataset(Path(path)):
+        table = _read_saved_hf_dataset(Path(path))
+        return table, _RowOrigins(files=(path,), starts=(0,))
+    parts = [(str(file), _read_file(file, string_columns)) for file in _dataset_files(path)]
+    parts = [(file, table) for file, table in parts if table.num_rows > 0]
+    if not parts:
+        return pa.table({}), _RowOrigins(files=(path,), starts=(0,))
+    table = _concat_parts(parts)
+    starts = [0]
+    for _, part in parts[:-1]:
+        starts.append(starts[-1] + part.num_rows)
+    return table, _RowOrigins(files=tuple(f for f, _ in parts), starts=tuple(starts))
+
+
+def _is_saved_hf_dataset(path: Path) -> bool:
+    """`save_to_disk` leaves state.json in a Dataset and dataset_dict.json in a DatasetDict."""
+    return path.is_dir() and any(
+        (path / marker).is_file() for marker in ("state.json", "dataset_dict.json")
+    )
+
+
+def _read_saved_hf_dataset(directory: Path) -> pa.Table:
+    # Imported here: `datasets` takes about a second to import and most runs never need it.
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(directory))
+    # datasets 5.2 raises IndexError for a saved dataset without rows (no data files).
+    except (OSError, ValueError, IndexError) as err:
+        raise DatasetError(f"{directory}: cannot load saved dataset: {_one_line(err)}") from err
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            splits = ", ".join(sorted(loaded))
+            raise DatasetError(f"{directory}: DatasetDict has no 'train' split (splits: {splits})")
+        loaded = loaded["train"]
+    return loaded.with_format("arrow")[:].replace_schema_metadata(None)
+
+
+def _dataset_files(path: str) -> list[Path]:
+    """The files a path names: a file, the supported files of a directory (sorted, not
+    recursive) or the matches of a glob pattern (sorted)."""
+    if any(char in path for char in "*?["):
+        files = sorted(Path(match) for match in glob.glob(path) if Path(match).is_file())
+        if not files:
+            raise DatasetError(f"{path}: glob pattern matches no file")
+    elif Path(path).is_dir():
+        files = sorted(
+            file
+            for file in Path(path).iterdir()
+            if file.is_file() and file.suffix.lower() in SUPPORTED_SUFFIXES
+        )
+        if not files:
+            raise DatasetError(
+                f"{path}: directory holds no {'/'.join(SUPPORTED_SUFFIXES)} file"
+            )
+    elif Path(path).is_file():
+        files = [Path(path)]
+    else:
+        raise DatasetError(f"{path}: no such file or directory")
+    for file in files:
+        if file.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise DatasetError(
+                f"{file}: unsupported file type '{file.suffix}' "
+                f"(expected one of {', '.join(SUPPORTED_SUFFIXES)})"
+            )
+    return files
+
+
+def _read_file(file: Path, string_columns: Sequence[str]) -> pa.Table:
+    """One file as a table; .json is read as JSON lines. `string_columns` are read as text
+    from CSV, where type inference would turn an id like "007" into the integer 7."""
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            table = pq.read_table(file)
+        elif file.stat().st_size == 0:
+            table = pa.table({})
+        elif suffix == ".csv":
+            options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in string_columns})
+            table = pa_csv.read_csv(file, convert_options=options)
+        else:
+            table = pa_json.read_json(file)
+    except (pa.ArrowException, OSError) as err:
+        raise DatasetError(f"{file}: cannot read as {suffix[1:]}: {_one_line(err)}") from err
+    return table.replace_schema_metadata(None)
+
+
+def _concat_parts(parts: list[tuple[str, pa.Table]]) -> pa.Table:
+    """Concatenate files that share their column names and whose types unify (an int
+    column in one file and a float column in another become float)."""
+    first_file, first = parts[0]
+    unified = first.schema
+    for file, table in parts[1:]:
+        missing = sorted(set(first.column_names) - set(table.column_names))
+        extra = sorted(set(table.column_names) - set(first.column_names))
+        if missing or extra:
+            raise DatasetError(
+                f"{file}: columns differ from {first_file} "
+                f"(missing: {', '.join(missing) or '-'}; extra: {', '.join(extra) or '-'})"
+            )
+        for field in table.schema:
+            try:
+                pa.unify_schemas(
+                    [pa.schema([unified.field(field.name)]), pa.schema([field])],
+                    promote_options="permissive",
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+                raise DatasetError(
+                    f"{file}: column '{field.name}' is {field.type} here but "
+                    f"{unified.field(field.name).type} in earlier files; the files of one "
+                    "dataset must share a schema"
+                ) from err
+        unified = pa.unify_schemas([unified, table.schema], promote_options="permissive")
+    return pa.concat_tables([table for _, table in parts], promote_options="permissive")
+
+
+def _check_columns(data: DataConfig, table: pa.Table, required_columns: Sequence[str]) -> None:
+    """Every configured column exists, and the reserved output names do not clash with
+    an original column that would silently be shadowed."""
+    wanted = [(data.id_column, "data.id_column"), (data.group_column, "data.group_column")]
+    wanted += [(name, "required") for name in required_columns]
+    available = ", ".join(table.column_names)
+    for name, role in wanted:
+        if name is not None and name not in table.column_names:
+            raise MissingColumn(
+                f"{data.path}: column '{name}' ({role}) not found (available: {available})"
+            )
+    for reserved, key, configured in (
+        (SAMPLE_ID, "data.id_column", data.id_column),
+        (GROUP, "data.group_column", data.group_column),
+    ):
+        if reserved in table.column_names and configured != reserved:
+            raise DatasetError(
+                f"{data.path}: column '{reserved}' is reserved; set {key} = '{reserved}' "
+                "to use it, or rename it"
+            )
+
+
+def _cast_to_string(table: pa.Table, column: str, path: str) -> pa.ChunkedArray:
+    try:
+        return pc.cast(table[column], pa.string())
+    except pa.ArrowException as err:
+        raise DatasetError(
+            f"{path}: column '{column}': cannot be read as text: {_one_line(err)}"
+        ) from err
+
+
+def _content_ids(table: pa.Table) -> pa.Array:
+    """A sha256 of each row's canonical text, truncated to 16 hex chars.
+
+    The canonical text lists the columns in sorted name order as
+    `<len>:<name>` then `N` for null or `V<len>:<text>`: the byte lengths make it
+    impossible for one value to pass for a separator. The id depends only on the row, not
+    on file order, row order or which file format holds it. Python's hashlib rather than
+    Polars' hash(), whose values are not guaranteed stable across versions.
+    """
+    frame = pl.from_arrow(table)
+    cells = [_canonical_cell(name, frame.schema[name]) for name in sorted(frame.columns)]
+    texts = frame.select(pl.concat_str(cells).alias("row")).to_series().to_list()
+    ids = [hashlib.sha256(text.encode()).hexdigest()[:CONTENT_ID_HEX_CHARS] for text in texts]
+    return pa.array(ids, pa.string())
+
+
+def _canonical_cell(name: str, dtype: pl.DataType) -> pl.Expr:
+    column = pl.col(name)
+    if dtype.is_nested():
+        text = pl.struct(column).struct.json_encode()
+    elif dtype == pl.Binary:
+        text = column.bin.encode("hex")
+    else:
+        text = column.cast(pl.String)
+    label = f"{len(name.encode())}:{name}"
+    present = pl.concat_str(
+        [pl.lit(f"{label}V"), text.str.len_bytes().cast(pl.String), pl.lit(":"), text]
+    )
+    return pl.when(column.is_null()).then(pl.lit(f"{label}N")).otherwise(present)
+
+
+def _check_sample_ids(
+    sample_ids: pa.ChunkedArray | pa.Array, origins: _RowOrigins, id_column: str | None
+) -> None:
+    """Fail on the first null id and on the first row that repeats an earlier id."""
+    null_row = pc.index(sample_ids.is_null(), True).as_py()
+    if null_row >= 0:
+        file, row = origins.locate(null_row)
+        raise NullSampleId(f"{file}: column '{id_column}': null sample_id (row {row})")
+    repeats = (
+        pl.DataFrame({SAMPLE_ID: pl.from_arrow(sample_ids)})
+        .with_row_index("row")
+        .filter(~pl.col(SAMPLE_ID).is_first_distinct())
+    )
+    if repeats.is_empty():
+        return
+    second_row, sample_id = repeats.row(0)
+    first_row = pc.index(sample_ids, sample_id).as_py()
+    where, rows = _describe_rows(origins, first_row, second_row)
+    if id_column is None:
+        raise DuplicateSampleId(
+            f"{where}: column '{SAMPLE_ID}' (content hash of all columns): duplicate "
+            f"sample_id '{sample_id}' ({rows}): the rows have identical content; set "
+            "data.id_column to give each sample its own id"
+        )
+    raise DuplicateSampleId(
+        f"{where}: column '{id_column}': duplicate sample_id '{sample_id}' ({rows})"
+    )
+
+
+def _describe_rows(origins: _RowOrigins, first_row: int, second_row: int) -> tuple[str, str]:
+    """The file to lead a message with and both rows' places, naming the second file
+    only when it differs."""
+    first_file, first = origins.locate(first_row)
+    second_file, second = origins.locate(second_row)
+    if first_file == second_file:
+        return first_file, f"rows {first} and {second}"
+    return first_file, f"row {first}, and {second_file} row {second}"
+
+
+def _groups(
+    table: pa.Table,
+    group_column: str | None,
+    path: str,
+    sample_ids: pa.ChunkedArray | pa.Array,
+    origins: _RowOrigins,
+) -> pa.ChunkedArray | pa.Array:
+    if group_column is None:
+        return pa.repeat(pa.scalar(DEFAULT_GROUP, pa.string()), table.num_rows)
+    groups = _cast_to_string(table, group_column, path)
+    null_row = pc.index(groups.is_null(), True).as_py()
+    if null_row >= 0:
+        file, row = origins.locate(null_row)
+        raise DatasetError(
+            f"{file}: column '{group_column}': null group for sample_id "
+            f"'{sample_ids[null_row].as_py()}' (row {row})"
+        )
+    return groups
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())

@@ -1,0 +1,16 @@
+"""Keep every test's side effects in temp dirs: Prefect's local state, onnxruntime and
+Hugging Face caches. Set before anything imports Prefect, which reads them at import."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_SANDBOX = tempfile.mkdtemp(prefix="stm-tests-")
+os.environ["PREFECT_HOME"] = os.path.join(_SANDBOX, "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ["HF_HOME"] = os.path.join(_SANDBOX, "hf")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_SANDBOX, "cache")
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.pop("PREFECT_API_URL", None)
