@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -61,39 +62,47 @@ def _prefect_defaults(store: Path) -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def _groups(counts: dict[str, Any], fmt: Callable[[Any], str] = str) -> str:
-    if not counts:
-        return "-"
-    if len(counts) == 1:
-        return fmt(next(iter(counts.values())))
-    return "  ".join(f"{group} {fmt(value)}" for group, value in counts.items())
+class EpochTable:
+    """The live table of a run, one row per step. Groups get a column each (pool size and
+    held-out accuracy) when there are few enough to read; otherwise totals only."""
 
+    MAX_GROUP_COLUMNS = 4
 
-def _accuracy(accuracy: dict[str, float]) -> str:
-    per_group = {k: v for k, v in accuracy.items() if k != "all"}
-    return _groups(per_group, lambda v: f"{v:.3f}")
+    def __init__(self) -> None:
+        self.records: list[tuple[dict[str, Any], dict[str, float]]] = []
 
+    def add(self, record: dict[str, Any], seconds: dict[str, float]) -> None:
+        self.records.append((record, seconds))
 
-def _epoch_table() -> Table:
-    table = Table(title="STM run", title_justify="left")
-    for name in ("round", "epoch", "pool", "dropped", "tokens trained", "tokens scored",
-                 "held-out acc", "s"):
-        table.add_column(name, justify="right" if name not in ("pool", "held-out acc") else "left")
-    return table
+    def _groups(self) -> list[str]:
+        if not self.records:
+            return []
+        groups = sorted(self.records[0][0]["pool"]["by_group"])
+        return groups if 1 < len(groups) <= self.MAX_GROUP_COLUMNS else []
 
-
-def _add_row(table: Table, record: dict[str, Any], seconds: dict[str, float]) -> None:
-    step = record["step"] or {}
-    table.add_row(
-        str(record["round"]),
-        str(record["epoch"]),
-        _groups(record["pool"]["by_group"]),
-        str(step.get("dropped", "-")),
-        f"{record['tokens']['trained']:,}",
-        f"{record['tokens']['scored']:,}",
-        _accuracy(record["metrics"].get("accuracy", {})),
-        f"{seconds['epoch']:.2f}" if "epoch" in seconds else "",
-    )
+    def __rich__(self) -> Table:
+        groups = self._groups()
+        table = Table(
+            title="pool per group, cumulative target tokens, held-out accuracy",
+            title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+        )
+        headers = ["step", "pool", *groups, "drop", "trained", "scored",
+                   *(f"acc {g}" for g in groups or ["all"]), "sec"]
+        for header in headers:
+            table.add_column(header, justify="right", no_wrap=True)
+        for record, seconds in self.records:
+            by_group = record["pool"]["by_group"]
+            accuracy = record["metrics"].get("accuracy", {})
+            step = record["step"] or {}
+            table.add_row(
+                f"r{record['round']} e{record['epoch']}", f"{record['pool']['size']:,}",
+                *(f"{by_group.get(g, 0):,}" for g in groups),
+                str(step.get("dropped", "")),
+                f"{record['tokens']['trained']:,}", f"{record['tokens']['scored']:,}",
+                *(f"{accuracy[g]:.3f}" if g in accuracy else "-" for g in groups or ["all"]),
+                f"{seconds['epoch']:.1f}" if "epoch" in seconds else "",
+            )
+        return table
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +180,7 @@ def _run_flow(config: RunConfig, as_json: bool) -> None:
     from flows.stm_flow import StepReport, stm_flow
 
     console = Console(stderr=as_json)
-    table = _epoch_table()
+    table = EpochTable()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console)
     bar = progress.add_task("starting (local Prefect)", total=config.rounds * config.epochs)
@@ -181,7 +190,7 @@ def _run_flow(config: RunConfig, as_json: bool) -> None:
         if record["kind"] == "prune":
             progress.advance(bar)
         progress.update(bar, description=f"round {record['round']} epoch {record['epoch']}")
-        _add_row(table, record, step.seconds)
+        table.add(record, step.seconds)
 
     _quiet_prefect_logs()
     with Live(Group(table, progress), console=console, refresh_per_second=4):

@@ -57,6 +57,9 @@ def open_scorer(onnx_path: Path, threads: int) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Spinning worker threads would keep both cores busy after each batch and slow the
+    # training stage that runs next in the same process.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(
             str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
