@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.atomic import write_bytes_atomically
+from pipeline.store import write_bytes_atomic
 from models.network import build_model
 from pipeline.config import ModelConfig
 from pipeline.errors import StoreError
@@ -52,7 +52,7 @@ def save_checkpoint(
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     path = checkpoint_path(workdir)
-    write_bytes_atomically(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from models.atomic import write_bytes_atomically
+from pipeline.store import write_bytes_atomic
 from models.checkpoint import load_model
 from models.loss import ScorerModule
 
@@ -54,7 +54,7 @@ def export_scorer(workdir: Path, onnx_path: Path) -> str:
     proto = onnx.load_from_string(buffer.getvalue())
     _strip_machine_dependent(proto)
     data = proto.SerializeToString(deterministic=True)
-    write_bytes_atomically(Path(onnx_path), data)
+    write_bytes_atomic(Path(onnx_path), data)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -14,3 +14,4 @@ os.environ["HF_HOME"] = os.path.join(_SANDBOX, "hf")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_SANDBOX, "cache")
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
