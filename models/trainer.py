@@ -49,6 +49,7 @@ def train_epoch(
     model from `seed` when `workdir` has no checkpoint. An empty pool changes no weight but
     still counts as an epoch in the checkpoint."""
     started = time.perf_counter()
+    torch.set_num_threads(train_config.threads)
     columns = _training_columns(pool, model_config)
     model, optimizer, epochs_trained = _resume_or_start(
         workdir, vocab_size, model_config, train_config, seed
