@@ -57,7 +57,12 @@ def _prefect_defaults(store: Path) -> None:
     the user points it at a server or a home of their own."""
     if "PREFECT_API_URL" not in os.environ:
         os.environ.setdefault("PREFECT_HOME", str((store / ".prefect").resolve()))
+        # Prefect creates its home without parents: a new store would have none.
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first start migrates a new database: on a busy 2-core machine that can take
+    # longer than Prefect's default 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -196,6 +201,7 @@ def _run_flow(config: RunConfig, as_json: bool) -> None:
     with Live(Group(table, progress), console=console, refresh_per_second=4):
         result = stm_flow(config, report=report)
     final = result.manifests[-1]
+    console.line()
     console.print(
         f"Manifests of run [bold]{result.layout.run_id}[/] are in "
         f"{result.layout.manifest_dir} (final pool {final['pool']['size']} of "

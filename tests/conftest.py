@@ -9,6 +9,7 @@ import tempfile
 _SANDBOX = tempfile.mkdtemp(prefix="stm-tests-")
 os.environ["PREFECT_HOME"] = os.path.join(_SANDBOX, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ["HF_HOME"] = os.path.join(_SANDBOX, "hf")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_SANDBOX, "cache")
