@@ -19,6 +19,7 @@ run: $(STAMP)
 	$(BIN)/stm run $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check pipeline models flows tests bench
 	$(BIN)/python -m pytest $(ARGS)
 
 install: $(STAMP)

@@ -28,8 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 @click.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path(__file__).parent / "results" / "epoch_overhead.json")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(__file__).parent / "results" / "epoch_overhead.json",
+)
 def main(config_path: Path | None, out: Path) -> None:
     sandbox = Path(tempfile.mkdtemp(prefix="stm-bench-"))
     os.environ.setdefault("PREFECT_HOME", str(sandbox / "prefect"))
@@ -65,9 +68,11 @@ def main(config_path: Path | None, out: Path) -> None:
         "overhead_over_work": overhead / work,
         "cpu_count": os.cpu_count(),
     }
-    table = Table(title=f"{len(epochs)} epochs, {total:.1f} s wall "
-                        f"({result['outside_epochs_seconds']:.1f} s outside epochs: Prefect "
-                        "start-up, data preparation, resets)")
+    table = Table(
+        title=f"{len(epochs)} epochs, {total:.1f} s wall "
+        f"({result['outside_epochs_seconds']:.1f} s outside epochs: Prefect "
+        "start-up, data preparation, resets)"
+    )
     table.add_column("stage")
     table.add_column("median s/epoch", justify="right")
     table.add_column("total s", justify="right")
@@ -75,9 +80,11 @@ def main(config_path: Path | None, out: Path) -> None:
         table.add_row(name, f"{stats['median']:.3f}", f"{stats['total']:.2f}")
     console = Console()
     console.print(table)
-    console.print(f"overhead per epoch (export + other), median: "
-                  f"{result['overhead_per_epoch_median']:.3f} s; "
-                  f"overhead / (train + score) = {result['overhead_over_work']:.2f}")
+    console.print(
+        f"overhead per epoch (export + other), median: "
+        f"{result['overhead_per_epoch_median']:.3f} s; "
+        f"overhead / (train + score) = {result['overhead_over_work']:.2f}"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

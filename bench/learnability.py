@@ -31,26 +31,38 @@ from pipeline.config import ArithmeticConfig, ModelConfig, TrainConfig  # noqa: 
 
 SETTINGS = {
     "published mix: 800 easy / 200 hard, 2-3 digits, GRU": (
-        ArithmeticConfig(n_easy=800, n_hard=200, hard_max_digits=3), ModelConfig()),
-    "500 easy / 1500 hard, 2-3 digits, GRU": (
-        ArithmeticConfig(hard_max_digits=3), ModelConfig()),
+        ArithmeticConfig(n_easy=800, n_hard=200, hard_max_digits=3),
+        ModelConfig(),
+    ),
+    "500 easy / 1500 hard, 2-3 digits, GRU": (ArithmeticConfig(hard_max_digits=3), ModelConfig()),
     "default: 500 easy / 1500 hard, 2 digits, GRU": (ArithmeticConfig(), ModelConfig()),
     "500 easy / 1500 hard, 2 digits, transformer 64x2": (
-        ArithmeticConfig(), ModelConfig(arch="transformer", hidden_dim=64, layers=2)),
+        ArithmeticConfig(),
+        ModelConfig(arch="transformer", hidden_dim=64, layers=2),
+    ),
 }
 
 
-def held_out_curve(data: ArithmeticConfig, model: ModelConfig, seed: int, epochs: int,
-                   every: int) -> tuple[list[dict[str, float]], float]:
+def held_out_curve(
+    data: ArithmeticConfig, model: ModelConfig, seed: int, epochs: int, every: int
+) -> tuple[list[dict[str, float]], float]:
     train, held_out = generate_arithmetic(data, seed)
-    vocab = build_vocabulary(pa.concat_tables([train, held_out]).select(["prompt", "target"]),
-                             ["prompt", "target"])
+    vocab = build_vocabulary(
+        pa.concat_tables([train, held_out]).select(["prompt", "target"]), ["prompt", "target"]
+    )
     pool = encode_samples(train, "prompt", "target", vocab)
     curve, seconds = [], 0.0
     with tempfile.TemporaryDirectory() as workdir:
         for epoch in range(1, epochs + 1):
-            stats = train_epoch(pool, Path(workdir), vocab.size, model, TrainConfig(),
-                                seed=seed, shuffle_seed=seed * 10_000 + epoch)
+            stats = train_epoch(
+                pool,
+                Path(workdir),
+                vocab.size,
+                model,
+                TrainConfig(),
+                seed=seed,
+                shuffle_seed=seed * 10_000 + epoch,
+            )
             seconds += stats.seconds
             if epoch % every == 0:
                 curve.append(evaluate(Path(workdir), held_out, vocab, "prompt", "target"))
@@ -61,8 +73,11 @@ def held_out_curve(data: ArithmeticConfig, model: ModelConfig, seed: int, epochs
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--every", default=10, show_default=True)
 @click.option("--seeds", default="0,1", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path(__file__).parent / "results" / "learnability.json")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(__file__).parent / "results" / "learnability.json",
+)
 def main(epochs: int, every: int, seeds: str, out: Path) -> None:
     seed_list = [int(s) for s in seeds.split(",")]
     checkpoints = list(range(every, epochs + 1, every))
@@ -83,9 +98,14 @@ def main(epochs: int, every: int, seeds: str, out: Path) -> None:
             cells.append(" / ".join(parts))
         speed = statistics.mean(s for _, s in runs)
         table.add_row(name, *cells, f"{speed:.2f}")
-        results[name] = {"seeds": seed_list, "epochs": checkpoints, "sec_per_epoch": speed,
-                         "curves": [curve for curve, _ in runs],
-                         "data": data.__dict__, "model": replace(model).__dict__}
+        results[name] = {
+            "seeds": seed_list,
+            "epochs": checkpoints,
+            "sec_per_epoch": speed,
+            "curves": [curve for curve, _ in runs],
+            "data": data.__dict__,
+            "model": replace(model).__dict__,
+        }
     Console(width=160).print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -14,6 +14,7 @@ from prefect import flow
 from flows import tasks
 from pipeline.config import RunConfig
 from pipeline.pruning import StepInputs
+from pipeline.runs import RunInputs
 from pipeline.store import RunLayout
 
 
@@ -63,9 +64,13 @@ def run_epoch(
 
 
 @flow(name="stm-curation", validate_parameters=False)
-def stm_flow(config: RunConfig, report: Reporter | None = None) -> RunResult:
+def stm_flow(
+    config: RunConfig, inputs: RunInputs | None = None, report: Reporter | None = None
+) -> RunResult:
+    """`inputs` may be prepared beforehand (the CLI does, to fail fast on bad data);
+    otherwise the flow prepares them from the config, as a scheduled run would."""
     report = report or (lambda _: None)
-    ctx = tasks.prepare_run(config)
+    ctx = tasks.prepare_run(config, inputs)
     manifests: list[dict[str, Any]] = []
     parent: dict[str, Any] | None = None
     for round_index in range(config.rounds):
@@ -79,4 +84,5 @@ def stm_flow(config: RunConfig, report: Reporter | None = None) -> RunResult:
             parent = step.record
             manifests.append(parent)
             report(step)
+    tasks.finish(ctx, manifests[-1])
     return RunResult(ctx.layout, manifests)

@@ -5,25 +5,23 @@ the same name between epochs, and every step already writes its own durable outp
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.charset import Vocabulary, build_vocabulary, encode_samples
+from flows.inputs import prepare_inputs
+from models.charset import Vocabulary
 from models.evaluate import evaluate
 from models.export import export_scorer
 from models.trainer import TrainStats, train_epoch
-from pipeline.arithmetic import generate_arithmetic
 from pipeline.config import RunConfig
-from pipeline.ingest import dataset_fingerprint, load_samples
 from pipeline.pruning import StepInputs, pool_ids, prune_step, reset_pool
-from pipeline.runs import RunInputs, create_run
+from pipeline.runs import RunInputs, create_run, mark_complete
 from pipeline.scoring import ScoreSummary, score_pool
 from pipeline.store import RunLayout, read_samples_subset, temporary_sibling
 
@@ -47,28 +45,18 @@ def shuffle_seed(seed: int, round_index: int, epoch: int) -> int:
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_run(config: RunConfig) -> RunContext:
-    data = config.data
-    columns = [data.prompt_column, data.target_column]
-    if data.path is None:
-        samples, eval_samples = generate_arithmetic(data.arithmetic, config.seed)
-    else:
-        samples = load_samples(data, columns)
-        eval_samples = None
-        if data.eval_path is not None:
-            eval_samples = load_samples(replace(data, path=data.eval_path), columns)
-    vocabulary = build_vocabulary(
-        pa.concat_tables([t.select(columns) for t in (samples, eval_samples) if t is not None]),
-        columns,
-    )
-    inputs = RunInputs(
-        samples=encode_samples(samples, data.prompt_column, data.target_column, vocabulary),
-        eval_samples=eval_samples,
-        fingerprint=dataset_fingerprint(samples),
-        vocabulary_json=vocabulary.to_json(),
-    )
+def prepare_run(config: RunConfig, inputs: RunInputs | None) -> RunContext:
+    inputs = inputs or prepare_inputs(config)
     layout = create_run(config, inputs)
-    return RunContext(config, layout, inputs.fingerprint, vocabulary, eval_samples is not None)
+    vocabulary = Vocabulary.from_json(inputs.vocabulary_json)
+    return RunContext(
+        config, layout, inputs.fingerprint, vocabulary, inputs.eval_samples is not None
+    )
+
+
+@task(name="finish", cache_policy=NO_CACHE)
+def finish(ctx: RunContext, final: dict[str, Any]) -> None:
+    mark_complete(ctx.layout, final)
 
 
 @task(name="reset-pool", cache_policy=NO_CACHE)
@@ -81,8 +69,13 @@ def train(ctx: RunContext, parent: dict[str, Any], round_index: int, epoch: int)
     pool = read_samples_subset(ctx.layout.samples, pool_ids(ctx.layout, parent), TRAIN_COLUMNS)
     config = ctx.config
     return train_epoch(
-        pool, ctx.layout.trainer_dir, ctx.vocabulary.size, config.model, config.train,
-        seed=config.seed, shuffle_seed=shuffle_seed(config.seed, round_index, epoch),
+        pool,
+        ctx.layout.trainer_dir,
+        ctx.vocabulary.size,
+        config.model,
+        config.train,
+        seed=config.seed,
+        shuffle_seed=shuffle_seed(config.seed, round_index, epoch),
     )
 
 
@@ -102,8 +95,11 @@ def held_out_accuracy(ctx: RunContext) -> tuple[dict[str, float], float]:
     started = time.perf_counter()
     data = ctx.config.data
     accuracy = evaluate(
-        ctx.layout.trainer_dir, pq.read_table(ctx.layout.eval_samples), ctx.vocabulary,
-        data.prompt_column, data.target_column,
+        ctx.layout.trainer_dir,
+        pq.read_table(ctx.layout.eval_samples),
+        ctx.vocabulary,
+        data.prompt_column,
+        data.target_column,
     )
     return accuracy, time.perf_counter() - started
 
@@ -115,8 +111,12 @@ def score(
     final = ctx.layout.scores(round_index, epoch)
     raw = temporary_sibling(final)
     summary = score_pool(
-        scorer, ctx.layout.samples, pool_ids(ctx.layout, parent), raw,
-        ctx.config.scoring.batch_size, ctx.config.scoring.threads,
+        scorer,
+        ctx.layout.samples,
+        pool_ids(ctx.layout, parent),
+        raw,
+        ctx.config.scoring.batch_size,
+        ctx.config.scoring.threads,
     )
     return raw, summary
 

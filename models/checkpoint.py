@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.store import write_bytes_atomic
 from models.network import build_model
 from pipeline.config import ModelConfig
 from pipeline.errors import StoreError
+from pipeline.store import write_bytes_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

@@ -19,6 +19,9 @@ from pipeline.errors import EmptyDataset, MissingColumn
 
 DECODE_BATCH_SIZE = 512
 
+# The key of the accuracy over every group; underscored so no real group can collide.
+OVERALL = "_overall"
+
 
 def evaluate(
     workdir: Path,
@@ -29,7 +32,7 @@ def evaluate(
     group_column: str = "group",
     max_answer_len: int | None = None,
 ) -> dict[str, float]:
-    """Exact-match accuracy keyed by group (sorted, as strings), then "all". An answer is
+    """Exact-match accuracy keyed by group (sorted, as strings), then OVERALL. An answer is
     what the model writes after the prompt up to EOS, or `max_answer_len` characters
     (default: the longest target plus two, room to overshoot by one and still be wrong)."""
     for name in (prompt_column, target_column, group_column):
@@ -43,7 +46,7 @@ def evaluate(
     model, _ = load_model(workdir)
     prompts = eval_table.column(prompt_column).to_pylist()
     answers = greedy_answers(model, vocab, prompts, max_answer_len)
-    correct = np.array([answer == target for answer, target in zip(answers, targets)])
+    correct = np.array([answer == target for answer, target in zip(answers, targets, strict=True)])
     groups = [str(group) for group in eval_table.column(group_column).to_pylist()]
     return _accuracy_by_group(correct, groups)
 
@@ -64,7 +67,7 @@ def greedy_answers(
                 batch_rows = rows[start : start + DECODE_BATCH_SIZE]
                 prompt_tokens = torch.tensor([[BOS, *encoded[row]] for row in batch_rows])
                 generated = _greedy_decode(model, prompt_tokens, max_answer_len)
-                for row, ids in zip(batch_rows, generated.tolist()):
+                for row, ids in zip(batch_rows, generated.tolist(), strict=True):
                     answers[row] = vocab.decode(ids)
     return answers
 
@@ -93,5 +96,5 @@ def _accuracy_by_group(correct: np.ndarray, groups: list[str]) -> dict[str, floa
         .agg(pl.col("correct").mean())
         .sort("group")
     )
-    accuracy = dict(zip(per_group["group"].to_list(), per_group["correct"].to_list()))
-    return {**accuracy, "all": float(correct.mean())}
+    accuracy = dict(zip(per_group["group"].to_list(), per_group["correct"].to_list(), strict=True))
+    return {**accuracy, OVERALL: float(correct.mean())}

@@ -11,9 +11,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from pipeline.store import write_bytes_atomic
 from models.checkpoint import load_model
 from models.loss import ScorerModule
+from pipeline.store import write_bytes_atomic
 
 OPSET_VERSION = 17
 _SEQUENCE_AXES = {0: "batch", 1: "seq"}
@@ -48,7 +48,9 @@ def export_scorer(workdir: Path, onnx_path: Path) -> str:
             input_names=["tokens", "loss_mask"],
             output_names=["loss"],
             dynamic_axes={
-                "tokens": _SEQUENCE_AXES, "loss_mask": _SEQUENCE_AXES, "loss": {0: "batch"}
+                "tokens": _SEQUENCE_AXES,
+                "loss_mask": _SEQUENCE_AXES,
+                "loss": {0: "batch"},
             },
         )
     proto = onnx.load_from_string(buffer.getvalue())

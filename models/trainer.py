@@ -13,13 +13,13 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor, nn
 
-from models.batching import pad_lists
 from models.charset import PAD
 from models.checkpoint import CheckpointMeta, checkpoint_path, read_checkpoint, save_checkpoint
 from models.loss import ScorerModule
 from models.network import build_model
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import ConfigError, DatasetError, MissingColumn
+from pipeline.padding import pad_lists
 
 GRADIENT_CLIP_NORM = 1.0
 

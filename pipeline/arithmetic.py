@@ -30,8 +30,7 @@ def generate_arithmetic(config: ArithmeticConfig, seed: int) -> tuple[pa.Table, 
     """
     if config.hard_max_digits > MAX_DIGITS:
         raise ConfigError(
-            f"config key data.arithmetic.hard_max_digits: at most {MAX_DIGITS} "
-            "(operands are int64)"
+            f"config key data.arithmetic.hard_max_digits: at most {MAX_DIGITS} (operands are int64)"
         )
     rng = np.random.default_rng(seed)
     eval_easy_a, eval_easy_b, pool_a, pool_b = _split_easy_problems(config.eval_easy, rng)
@@ -39,14 +38,18 @@ def generate_arithmetic(config: ArithmeticConfig, seed: int) -> tuple[pa.Table, 
     hard_a, hard_b = _draw_hard_problems(config, config.n_hard + config.eval_hard, rng)
     n_hard = config.n_hard
     reverse = config.reverse_answer
-    train = pa.concat_tables([
-        _problems_table(pool_a[picks], pool_b[picks], EASY, "easy-", reverse),
-        _problems_table(hard_a[:n_hard], hard_b[:n_hard], HARD, "hard-", reverse),
-    ])
-    evaluation = pa.concat_tables([
-        _problems_table(eval_easy_a, eval_easy_b, EASY, "eval-easy-", reverse),
-        _problems_table(hard_a[n_hard:], hard_b[n_hard:], HARD, "eval-hard-", reverse),
-    ])
+    train = pa.concat_tables(
+        [
+            _problems_table(pool_a[picks], pool_b[picks], EASY, "easy-", reverse),
+            _problems_table(hard_a[:n_hard], hard_b[:n_hard], HARD, "hard-", reverse),
+        ]
+    )
+    evaluation = pa.concat_tables(
+        [
+            _problems_table(eval_easy_a, eval_easy_b, EASY, "eval-easy-", reverse),
+            _problems_table(hard_a[n_hard:], hard_b[n_hard:], HARD, "eval-hard-", reverse),
+        ]
+    )
     return train, evaluation
 
 
@@ -143,13 +146,15 @@ def _problems_table(
     if reverse_answer:
         target = pc.utf8_reverse(target)
     index_text = pc.cast(pa.array(np.arange(len(a)), pa.int64()), pa.string())
-    return pa.table({
-        "sample_id": pc.binary_join_element_wise(
-            id_prefix, pc.utf8_lpad(index_text, width=6, padding="0"), ""
-        ),
-        "group": pa.repeat(pa.scalar(group, pa.string()), len(a)),
-        "prompt": pc.binary_join_element_wise(a_text, "+", b_text, "=", ""),
-        "target": target,
-        "a": pa.array(a, pa.int64()),
-        "b": pa.array(b, pa.int64()),
-    })
+    return pa.table(
+        {
+            "sample_id": pc.binary_join_element_wise(
+                id_prefix, pc.utf8_lpad(index_text, width=6, padding="0"), ""
+            ),
+            "group": pa.repeat(pa.scalar(group, pa.string()), len(a)),
+            "prompt": pc.binary_join_element_wise(a_text, "+", b_text, "=", ""),
+            "target": target,
+            "a": pa.array(a, pa.int64()),
+            "b": pa.array(b, pa.int64()),
+        }
+    )

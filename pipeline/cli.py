@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.config import RunConfig, load_config, with_overrides
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, PrefectUnavailable
 from pipeline.policies import POLICIES, get_policy
 from pipeline.pruning import run_manifests
-from pipeline.runs import read_run_record, store_runs
+from pipeline.runs import RunInputs, is_complete, read_run_record, store_runs
+
+# Held-out accuracy over all groups: the key models.evaluate reports it under.
+OVERALL = "_overall"
 
 STORE_OPTION = click.option(
-    "--store", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Store root holding runs and pools [default: manifests, or the config's store].",
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Store root holding runs and pools [default: manifests].",
 )
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
@@ -89,10 +93,21 @@ class EpochTable:
         groups = self._groups()
         table = Table(
             title="pool per group, cumulative target tokens, held-out accuracy",
-            title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
         )
-        headers = ["step", "pool", *groups, "drop", "trained", "scored",
-                   *(f"acc {g}" for g in groups or ["all"]), "sec"]
+        headers = [
+            "step",
+            "pool",
+            *groups,
+            "drop",
+            "trained",
+            "scored",
+            *(f"acc {g}" for g in groups or ["held-out"]),
+            "sec",
+        ]
         for header in headers:
             table.add_column(header, justify="right", no_wrap=True)
         for record, seconds in self.records:
@@ -100,11 +115,13 @@ class EpochTable:
             accuracy = record["metrics"].get("accuracy", {})
             step = record["step"] or {}
             table.add_row(
-                f"r{record['round']} e{record['epoch']}", f"{record['pool']['size']:,}",
+                f"r{record['round']} e{record['epoch']}",
+                f"{record['pool']['size']:,}",
                 *(f"{by_group.get(g, 0):,}" for g in groups),
                 str(step.get("dropped", "")),
-                f"{record['tokens']['trained']:,}", f"{record['tokens']['scored']:,}",
-                *(f"{accuracy[g]:.3f}" if g in accuracy else "-" for g in groups or ["all"]),
+                f"{record['tokens']['trained']:,}",
+                f"{record['tokens']['scored']:,}",
+                *(f"{accuracy[g]:.3f}" if g in accuracy else "-" for g in groups or [OVERALL]),
                 f"{seconds['epoch']:.1f}" if "epoch" in seconds else "",
             )
         return table
@@ -134,11 +151,19 @@ def _quiet_prefect_logs() -> None:
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config file (see configs/); flags below override its keys.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (see configs/); flags below override its keys.",
+)
 @STORE_OPTION
-@click.option("--data", type=str, help="Dataset: Parquet/JSONL/CSV file, directory or glob, "
-              "or a `datasets` save_to_disk directory [default: built-in arithmetic].")
+@click.option(
+    "--data",
+    type=str,
+    help="Dataset: Parquet/JSONL/CSV file, directory or glob, "
+    "or a `datasets` save_to_disk directory [default: built-in arithmetic].",
+)
 @click.option("--eval-data", type=str, help="Held-out set for accuracy (same formats).")
 @click.option("--id-column", type=str, help="Column holding sample ids [default: content hash].")
 @click.option("--group-column", type=str, help="Column holding each sample's group.")
@@ -177,18 +202,45 @@ def run(config_path: Path | None, store: Path | None, as_json: bool, **flags: An
     }
     config = with_overrides(load_config(config_path), overrides).validate()
     get_policy(config.policy.name)
-    _prefect_defaults(Path(config.store))
-    _run_flow(config, as_json)
-
-
-def _run_flow(config: RunConfig, as_json: bool) -> None:
-    from flows.stm_flow import StepReport, stm_flow
+    from flows.inputs import prepare_inputs
 
     console = Console(stderr=as_json)
+    with console.status("Preparing data"):
+        inputs = prepare_inputs(config)
+    _prefect_defaults(Path(config.store))
+    _run_flow(config, inputs, console, as_json)
+
+
+def _check_prefect_server() -> None:
+    """With PREFECT_API_URL set, fail in one line if nobody answers there, rather than
+    with Prefect's traceback after the data is prepared."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as err:
+        raise PrefectUnavailable(
+            f"PREFECT_API_URL={url}: Prefect server not reachable ({err})"
+        ) from err
+
+
+def _run_flow(config: RunConfig, inputs: RunInputs, console: Console, as_json: bool) -> None:
+    _check_prefect_server()
+    from flows.stm_flow import StepReport, stm_flow
+
     table = EpochTable()
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console)
-    bar = progress.add_task("starting (local Prefect)", total=config.rounds * config.epochs)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    where = "Prefect server" if os.environ.get("PREFECT_API_URL") else "local Prefect"
+    bar = progress.add_task(f"starting ({where})", total=config.rounds * config.epochs)
 
     def report(step: StepReport) -> None:
         record = step.record
@@ -199,7 +251,7 @@ def _run_flow(config: RunConfig, as_json: bool) -> None:
 
     _quiet_prefect_logs()
     with Live(Group(table, progress), console=console, refresh_per_second=4):
-        result = stm_flow(config, report=report)
+        result = stm_flow(config, inputs, report=report)
     final = result.manifests[-1]
     console.line()
     console.print(
@@ -208,12 +260,17 @@ def _run_flow(config: RunConfig, as_json: bool) -> None:
         f"{final['dataset']['samples']}, manifest {final['id'][:12]})."
     )
     if as_json:
-        click.echo(json.dumps({
-            "run": result.layout.run_id,
-            "store": str(result.layout.root),
-            "run_dir": str(result.layout.run_dir),
-            "manifests": [_summary(r) for r in result.manifests],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "run": result.layout.run_id,
+                    "store": str(result.layout.root),
+                    "run_dir": str(result.layout.run_dir),
+                    "manifests": [_summary(r) for r in result.manifests],
+                },
+                indent=2,
+            )
+        )
 
 
 @cli.command()
@@ -227,20 +284,23 @@ def runs(store: Path | None, as_json: bool) -> None:
         record = read_run_record(layout)
         manifests = run_manifests(layout)
         last = manifests[-1] if manifests else None
-        rows.append({
-            "run": layout.run_id,
-            "created": record["created"],
-            "policy": record["policy"],
-            "seed": record["seed"],
-            "source": record["dataset"]["source"],
-            "samples": record["dataset"]["samples"],
-            "steps": len(manifests),
-            "last_round": last["round"] if last else None,
-            "last_epoch": last["epoch"] if last else None,
-            "pool": last["pool"]["size"] if last else None,
-            "tokens_trained": last["tokens"]["trained"] if last else 0,
-            "tokens_scored": last["tokens"]["scored"] if last else 0,
-        })
+        rows.append(
+            {
+                "run": layout.run_id,
+                "created": record["created"],
+                "status": "complete" if is_complete(layout) else "incomplete",
+                "policy": record["policy"],
+                "seed": record["seed"],
+                "source": record["dataset"]["source"],
+                "samples": record["dataset"]["samples"],
+                "steps": len(manifests),
+                "last_round": last["round"] if last else None,
+                "last_epoch": last["epoch"] if last else None,
+                "pool": last["pool"]["size"] if last else None,
+                "tokens_trained": last["tokens"]["trained"] if last else 0,
+                "tokens_scored": last["tokens"]["scored"] if last else 0,
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -248,14 +308,31 @@ def runs(store: Path | None, as_json: bool) -> None:
         click.echo(f"No runs in {root}.")
         return
     table = Table(title=f"Runs in {root}", title_justify="left")
-    for name in ("run", "created", "policy", "seed", "source", "last (r, e)", "pool",
-                 "tokens trained", "tokens scored"):
+    for name in (
+        "run",
+        "created",
+        "status",
+        "policy",
+        "seed",
+        "source",
+        "last (r, e)",
+        "pool",
+        "tokens trained",
+        "tokens scored",
+    ):
         table.add_column(name)
     for row in rows:
         table.add_row(
-            row["run"], row["created"], row["policy"], str(row["seed"]), row["source"],
-            f"({row['last_round']}, {row['last_epoch']})", f"{row['pool']} / {row['samples']}",
-            f"{row['tokens_trained']:,}", f"{row['tokens_scored']:,}",
+            row["run"],
+            row["created"],
+            row["status"],
+            row["policy"],
+            str(row["seed"]),
+            row["source"],
+            f"({row['last_round']}, {row['last_epoch']})",
+            f"{row['pool']} / {row['samples']}",
+            f"{row['tokens_trained']:,}",
+            f"{row['tokens_scored']:,}",
         )
     Console().print(table)
 

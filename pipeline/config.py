@@ -124,12 +124,26 @@ class RunConfig:
             (self.policy.delta >= 0, "policy.delta", "must be non-negative"),
             (self.policy.floor >= 0, "policy.floor", "must be non-negative"),
             (0 < self.policy.tighten <= 1, "policy.tighten", "must be in (0, 1]"),
-            (self.model.hidden_dim % self.model.heads == 0 or self.model.arch == "gru",
-             "model.hidden_dim", "must be divisible by model.heads for a transformer"),
-            (0 <= self.data.arithmetic.eval_easy < 100, "data.arithmetic.eval_easy",
-             "must leave some of the 100 single-digit problems for training"),
-            (2 <= self.data.arithmetic.hard_min_digits <= self.data.arithmetic.hard_max_digits,
-             "data.arithmetic.hard_min_digits", "must be >= 2 and <= hard_max_digits"),
+            (
+                self.model.hidden_dim % self.model.heads == 0 or self.model.arch == "gru",
+                "model.hidden_dim",
+                "must be divisible by model.heads for a transformer",
+            ),
+            (
+                self.data.arithmetic.n_easy + self.data.arithmetic.n_hard >= 1,
+                "data.arithmetic.n_easy",
+                "n_easy + n_hard must be at least 1",
+            ),
+            (
+                0 <= self.data.arithmetic.eval_easy < 100,
+                "data.arithmetic.eval_easy",
+                "must leave some of the 100 single-digit problems for training",
+            ),
+            (
+                2 <= self.data.arithmetic.hard_min_digits <= self.data.arithmetic.hard_max_digits,
+                "data.arithmetic.hard_min_digits",
+                "must be >= 2 and <= hard_max_digits",
+            ),
         ]
         for ok, key, message in checks:
             if not ok:
@@ -163,9 +177,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return float(value)
     if annotation in (int, float, str, bool):
         if type(value) is not annotation:
-            raise ConfigError(
-                f"config key {key}: expected {annotation.__name__}, got {value!r}"
-            )
+            raise ConfigError(f"config key {key}: expected {annotation.__name__}, got {value!r}")
     return value
 
 

@@ -15,7 +15,14 @@ from __future__ import annotations
 import polars as pl
 
 SCORE_COLUMNS = [
-    "sample_id", "round", "epoch", "loss", "loss_prev", "delta", "rel_delta", "n_tokens",
+    "sample_id",
+    "round",
+    "epoch",
+    "loss",
+    "loss_prev",
+    "delta",
+    "rel_delta",
+    "n_tokens",
 ]
 
 SCORE_SCHEMA = pl.Schema(

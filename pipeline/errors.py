@@ -42,3 +42,7 @@ class ManifestIntegrityError(PipelineError):
 
 class StoreError(PipelineError):
     """The store root or a run in it is missing or malformed."""
+
+
+class PrefectUnavailable(PipelineError):
+    """The Prefect API the user pointed at does not answer."""

@@ -70,6 +70,7 @@ def load_samples(data: DataConfig, required_columns: Sequence[str]) -> pa.Table:
     else:
         sample_ids = _cast_to_string(table, data.id_column, data.path)
     _check_sample_ids(sample_ids, origins, data.id_column)
+    _check_required_values(table, required_columns, sample_ids, origins)
     groups = _groups(table, data.group_column, data.path, sample_ids, origins)
     replaced = [
         name
@@ -94,7 +95,7 @@ def dataset_fingerprint(table: pa.Table) -> str:
     digest.update(_json_line(names).encode())
     for batch in ordered.to_batches():
         columns = [batch.column(name).to_pylist() for name in names]
-        digest.update("".join(_json_line(list(row)) for row in zip(*columns)).encode())
+        digest.update("".join(_json_line(list(row)) for row in zip(*columns, strict=True)).encode())
     return digest.hexdigest()
 
 
@@ -161,9 +162,7 @@ def _dataset_files(path: str) -> list[Path]:
             if file.is_file() and file.suffix.lower() in SUPPORTED_SUFFIXES
         )
         if not files:
-            raise DatasetError(
-                f"{path}: directory holds no {'/'.join(SUPPORTED_SUFFIXES)} file"
-            )
+            raise DatasetError(f"{path}: directory holds no {'/'.join(SUPPORTED_SUFFIXES)} file")
     elif Path(path).is_file():
         files = [Path(path)]
     else:
@@ -344,6 +343,24 @@ def _groups(
             f"'{sample_ids[null_row].as_py()}' (row {row})"
         )
     return groups
+
+
+def _check_required_values(
+    table: pa.Table,
+    required_columns: Sequence[str],
+    sample_ids: pa.ChunkedArray | pa.Array,
+    origins: _RowOrigins,
+) -> None:
+    """A required column holds a value for every sample: a null prompt or target would
+    otherwise fail far downstream with no file or sample to point at."""
+    for column in required_columns:
+        null_row = pc.index(table[column].is_null(), True).as_py()
+        if null_row >= 0:
+            file, row = origins.locate(null_row)
+            raise DatasetError(
+                f"{file}: column '{column}': null value for sample_id "
+                f"'{sample_ids[null_row].as_py()}' (row {row})"
+            )
 
 
 def _one_line(err: Exception) -> str:

@@ -24,8 +24,15 @@ from pipeline.store import sha256_file
 
 SCHEMA_VERSION = 1
 IDENTITY_KEYS = (
-    "schema_version", "round", "epoch", "kind", "parent", "policy", "scorer_sha256",
-    "dataset_fingerprint", "pool_sha256",
+    "schema_version",
+    "round",
+    "epoch",
+    "kind",
+    "parent",
+    "policy",
+    "scorer_sha256",
+    "dataset_fingerprint",
+    "pool_sha256",
 )
 
 

@@ -58,14 +58,19 @@ def stm(scores: pl.LazyFrame, params: PolicyParams) -> pl.LazyFrame:
     sharp_drop = change.fill_null(-float("inf")) >= params.delta
     mastered = pl.col("loss") <= params.floor
     reason = (
-        pl.when(no_history).then(pl.lit(BASELINE))
-        .when(~sharp_drop).then(pl.lit(LEARNING))
-        .when(~mastered).then(pl.lit(ABOVE_FLOOR))
+        pl.when(no_history)
+        .then(pl.lit(BASELINE))
+        .when(~sharp_drop)
+        .then(pl.lit(LEARNING))
+        .when(~mastered)
+        .then(pl.lit(ABOVE_FLOOR))
         .otherwise(pl.lit(MASTERED))
     )
-    return scores.select("sample_id", reason=reason).with_columns(
-        keep=pl.col("reason") != MASTERED
-    ).select(DECISION_SCHEMA.names())
+    return (
+        scores.select("sample_id", reason=reason)
+        .with_columns(keep=pl.col("reason") != MASTERED)
+        .select(DECISION_SCHEMA.names())
+    )
 
 
 POLICIES: dict[str, Policy] = {"standard": standard, "stm": stm}
@@ -76,7 +81,9 @@ def get_policy(name: str) -> Policy:
         return POLICIES[name]
     except KeyError as err:
         known = ", ".join(sorted(POLICIES))
-        raise ConfigError(f"config key policy.name: unknown policy {name!r} (known: {known})") from err
+        raise ConfigError(
+            f"config key policy.name: unknown policy {name!r} (known: {known})"
+        ) from err
 
 
 def policy_parameters(name: str, params: PolicyParams) -> dict[str, object]:

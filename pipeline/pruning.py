@@ -15,11 +15,20 @@ from pipeline.config import PolicyConfig
 from pipeline.deltas import with_loss_deltas
 from pipeline.errors import ManifestIntegrityError
 from pipeline.manifest import (
-    SCHEMA_VERSION, encode_record, group_counts, load_manifest, pool_hash_of_frame, with_id,
+    SCHEMA_VERSION,
+    encode_record,
+    group_counts,
+    load_manifest,
+    pool_hash_of_frame,
+    with_id,
 )
 from pipeline.policies import PolicyParams, get_policy, policy_parameters
 from pipeline.store import (
-    RunLayout, sha256_file, temporary_sibling, write_immutable, write_parquet_atomic,
+    RunLayout,
+    atomic_path,
+    sha256_file,
+    write_immutable,
+    write_parquet_atomic,
 )
 
 
@@ -103,15 +112,10 @@ def _scored_with_deltas(layout: RunLayout, step: StepInputs) -> Path:
         previous = pl.scan_parquet(layout.scores(step.round_index, step.epoch - 1))
     scores = with_loss_deltas(
         pl.scan_parquet(step.raw_scores), previous, step.round_index, step.epoch
-    )
+    ).sort("sample_id")
     path = layout.scores(step.round_index, step.epoch)
-    tmp = temporary_sibling(path)
-    try:
+    with atomic_path(path) as tmp:
         scores.sink_parquet(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     step.raw_scores.unlink(missing_ok=True)
     return path
 
@@ -123,8 +127,12 @@ def decide(
     params = PolicyParams.for_round(policy, round_index)
     decisions = get_policy(policy.name)(scores, params)
     return (
-        decisions.join(scores.select("sample_id", "loss", "loss_prev", "delta"),
-                       on="sample_id", how="left", validate="1:1")
+        decisions.join(
+            scores.select("sample_id", "loss", "loss_prev", "delta"),
+            on="sample_id",
+            how="left",
+            validate="1:1",
+        )
         .join(groups, on="sample_id", how="left", validate="1:1")
         .select("sample_id", "group", "keep", "reason", "loss", "loss_prev", "delta")
     )
@@ -185,4 +193,5 @@ def prune_step(
 
 def run_manifests(layout: RunLayout) -> list[dict[str, Any]]:
     """The manifests of a run in (round, epoch) order, each checked against its id."""
-    return [load_manifest(p) for p in sorted(layout.manifest_dir.glob("*.json"))]
+    records = [load_manifest(p) for p in layout.manifest_dir.glob("*.json")]
+    return sorted(records, key=lambda record: (record["round"], record["epoch"]))

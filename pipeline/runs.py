@@ -80,6 +80,20 @@ def create_run(config: RunConfig, inputs: RunInputs, now: datetime | None = None
     return layout
 
 
+def mark_complete(layout: RunLayout, final: dict[str, Any]) -> None:
+    """The completion marker: a run without it was interrupted (datatrove-style)."""
+    marker = {
+        "run": layout.run_id,
+        "final_manifest": final["id"],
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_text_atomic(layout.completion_marker, json.dumps(marker, sort_keys=True, indent=2) + "\n")
+
+
+def is_complete(layout: RunLayout) -> bool:
+    return layout.completion_marker.is_file()
+
+
 def read_run_record(layout: RunLayout) -> dict[str, Any]:
     try:
         return json.loads(layout.run_record.read_text())

@@ -10,7 +10,6 @@ table's column of that name, or 1 per sample when it has none.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import ScorerContractError
-from pipeline.store import iter_samples_subset, temporary_sibling
+from pipeline.padding import pad_lists
+from pipeline.store import atomic_path, iter_samples_subset
 
 RAW_SCORE_SCHEMA = pa.schema(
     [("sample_id", pa.string()), ("loss", pa.float32()), ("n_tokens", pa.int64())]
@@ -105,25 +105,12 @@ def scorer_inputs(
     return inputs
 
 
-def pad_list_column(column: pa.Array, dtype: type) -> np.ndarray:
-    """A list column as a zero-padded [rows, longest] array, built from Arrow's offsets
-    and values buffers rather than per-row Python lists."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
-    width = int(lengths.max()) if len(lengths) else 0
-    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    out = np.zeros((len(column), width), dtype=dtype)
-    out[np.arange(width) < lengths[:, None]] = values
-    return out
-
-
 def batch_feed(batch: pa.RecordBatch, inputs: list[ScorerInput]) -> dict[str, np.ndarray]:
     feed = {}
     for spec in inputs:
         column = batch.column(spec.name)
         if spec.is_sequence:
-            feed[spec.name] = pad_list_column(column, spec.dtype)
+            feed[spec.name] = pad_lists(column, 0).astype(spec.dtype, copy=False)
         else:
             feed[spec.name] = column.to_numpy(zero_copy_only=False).astype(spec.dtype)
     return feed
@@ -178,16 +165,13 @@ def score_pool(
     if "n_tokens" in schema.names and "n_tokens" not in columns:
         columns.append("n_tokens")
     scanner = iter_samples_subset(samples, pool_ids, columns, batch_size)
-    tmp = temporary_sibling(out_path)
     rows = tokens = 0
-    try:
-        with pq.ParquetWriter(tmp, RAW_SCORE_SCHEMA, compression="zstd") as writer:
-            for scored in score_batches(session, inputs, scanner.to_batches(), onnx_path):
-                writer.write_batch(scored)
-                rows += scored.num_rows
-                tokens += pc.sum(scored.column("n_tokens")).as_py() or 0
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_path(out_path) as tmp,
+        pq.ParquetWriter(tmp, RAW_SCORE_SCHEMA, compression="zstd") as writer,
+    ):
+        for scored in score_batches(session, inputs, scanner.to_batches(), onnx_path):
+            writer.write_batch(scored)
+            rows += scored.num_rows
+            tokens += pc.sum(scored.column("n_tokens")).as_py() or 0
     return ScoreSummary(rows, tokens, time.perf_counter() - started)

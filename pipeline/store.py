@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,10 @@ class RunLayout:
     @property
     def run_record(self) -> Path:
         return self.run_dir / "run.json"
+
+    @property
+    def completion_marker(self) -> Path:
+        return self.run_dir / "complete.json"
 
     @property
     def config(self) -> Path:
@@ -100,24 +106,34 @@ def list_runs(root: Path) -> list[str]:
     return sorted(p.name for p in runs_dir.iterdir() if (p / "run.json").is_file())
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
+def temporary_sibling(path: Path) -> Path:
+    """A new temp file next to `path` (same filesystem, so a rename onto `path` is atomic),
+    hidden and suffixed `.tmp` so no reader mistakes it for the real file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path to write; on success it is renamed onto `path`, on any error it is
+    removed. A reader sees the old file or the whole new one, never half of it, even if the
+    process dies mid-write."""
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write then rename in the same directory: a reader sees the old file or the whole
-    new one, never half of it, even if the process dies mid-write."""
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -125,22 +141,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A temp path next to `path` for writers that stream (ParquetWriter, sink_parquet);
-    the caller renames it into place with `os.replace` once complete."""
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    return Path(tmp)
 
 
 def write_immutable(path: Path, data: bytes) -> None:
@@ -161,9 +163,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_samples_subset(
-    samples: Path, ids: pa.Array, columns: list[str] | None = None
-) -> pa.Table:
+def read_samples_subset(samples: Path, ids: pa.Array, columns: list[str] | None = None) -> pa.Table:
     """The rows of a sample table whose sample_id is in `ids`, read with a pushed-down
     filter so the rest of the table never leaves disk."""
     dataset = ds.dataset(samples, format="parquet")

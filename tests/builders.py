@@ -23,8 +23,10 @@ def make_scores(
     current = pl.LazyFrame({"sample_id": ids, "loss": loss, "n_tokens": [n_tokens] * len(loss)})
     previous = None
     if loss_prev is not None:
-        previous = pl.LazyFrame({"sample_id": ids, "loss": loss_prev},
-                                schema={"sample_id": pl.String, "loss": pl.Float64})
+        previous = pl.LazyFrame(
+            {"sample_id": ids, "loss": loss_prev},
+            schema={"sample_id": pl.String, "loss": pl.Float64},
+        )
     return with_loss_deltas(current, previous, round_index=0, epoch=2)
 
 
@@ -32,12 +34,14 @@ def make_sample_table(n: int = 6, groups: tuple[str, ...] = ("easy", "hard")) ->
     """Samples with a list column `values` whose sum is the sample's loss under
     `make_sum_scorer`, so expected losses are known exactly."""
     values = [[float(i), 0.5] if i % 2 else [float(i)] for i in range(n)]
-    return pa.table({
-        "sample_id": [f"s{i:03d}" for i in range(n)],
-        "group": [groups[i % len(groups)] for i in range(n)],
-        "values": pa.array(values, type=pa.list_(pa.float32())),
-        "n_tokens": pa.array([len(v) for v in values], type=pa.int64()),
-    })
+    return pa.table(
+        {
+            "sample_id": [f"s{i:03d}" for i in range(n)],
+            "group": [groups[i % len(groups)] for i in range(n)],
+            "values": pa.array(values, type=pa.list_(pa.float32())),
+            "n_tokens": pa.array([len(v) for v in values], type=pa.int64()),
+        }
+    )
 
 
 def make_sum_scorer(
@@ -52,8 +56,9 @@ def make_sum_scorer(
     out_shape = ["batch", 1] if keep_rank else ["batch"]
     out = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_shape)
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
-    node = helper.make_node("ReduceSum", [input_name, "axes"], [output_name],
-                            keepdims=int(keep_rank))
+    node = helper.make_node(
+        "ReduceSum", [input_name, "axes"], [output_name], keepdims=int(keep_rank)
+    )
     graph = helper.make_graph([node], "sum_scorer", [inp], [out], initializer=[axes])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -3,10 +3,13 @@ Hugging Face caches. Set before anything imports Prefect, which reads them at im
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 _SANDBOX = tempfile.mkdtemp(prefix="stm-tests-")
+atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
 os.environ["PREFECT_HOME"] = os.path.join(_SANDBOX, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"

@@ -84,8 +84,16 @@ def test_scores_files_carry_the_delta_columns(tiny_run) -> None:
     result, _ = tiny_run
     first = pl.read_parquet(result.layout.scores(0, 1))
     second = pl.read_parquet(result.layout.scores(0, 2))
-    assert first.columns == ["sample_id", "round", "epoch", "loss", "loss_prev", "delta",
-                             "rel_delta", "n_tokens"]
+    assert first.columns == [
+        "sample_id",
+        "round",
+        "epoch",
+        "loss",
+        "loss_prev",
+        "delta",
+        "rel_delta",
+        "n_tokens",
+    ]
     assert first["loss_prev"].null_count() == first.height  # round baseline
     joined = second.join(first.select("sample_id", pl.col("loss").alias("l1")), on="sample_id")
     assert (joined["loss_prev"] == joined["l1"]).all()
@@ -94,7 +102,7 @@ def test_scores_files_carry_the_delta_columns(tiny_run) -> None:
 def test_held_out_accuracy_per_group_is_recorded(tiny_run) -> None:
     result, reports = tiny_run
     accuracy = result.manifests[-1]["metrics"]["accuracy"]
-    assert set(accuracy) == {"all", "easy", "hard"}
+    assert set(accuracy) == {"_overall", "easy", "hard"}
     assert all(0.0 <= v <= 1.0 for v in accuracy.values())
     epoch_seconds = [r.seconds["epoch"] for r in reports if r.record["kind"] == "prune"]
     assert all(s > 0 for s in epoch_seconds)

@@ -21,12 +21,15 @@ def make_samples(
     groups: Sequence[str] | None = None,
 ) -> pa.Table:
     """`a+b=` -> `a+b` arithmetic samples; groups alternate easy/hard unless given."""
-    return pa.table({
-        "prompt": [f"{a}+{b}=" for a, b in pairs],
-        "target": [str(a + b) for a, b in pairs],
-        "group": list(groups) if groups is not None else
-        ["easy" if i % 2 == 0 else "hard" for i in range(len(pairs))],
-    })
+    return pa.table(
+        {
+            "prompt": [f"{a}+{b}=" for a, b in pairs],
+            "target": [str(a + b) for a, b in pairs],
+            "group": list(groups)
+            if groups is not None
+            else ["easy" if i % 2 == 0 else "hard" for i in range(len(pairs))],
+        }
+    )
 
 
 def make_pool(n: int = 40) -> tuple[pa.Table, Vocabulary]:

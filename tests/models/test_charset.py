@@ -6,7 +6,14 @@ import pyarrow as pa
 import pytest
 
 from models.charset import (
-    BOS, EOS, PAD, UNK, UNK_CHAR, Vocabulary, build_vocabulary, encode_samples,
+    BOS,
+    EOS,
+    PAD,
+    UNK,
+    UNK_CHAR,
+    Vocabulary,
+    build_vocabulary,
+    encode_samples,
 )
 from pipeline.errors import DatasetError, MissingColumn
 from tests.models.builders import make_samples
@@ -64,10 +71,12 @@ def _reference_encoding(prompt: str, target: str, vocab: Vocabulary) -> dict:
 
 @pytest.mark.parametrize("layout", ["whole", "sliced", "chunked"])
 def test_encode_samples_matches_per_row_encoding(layout: str) -> None:
-    table = pa.table({
-        "prompt": ["héllo ", "", "x=", "ünï✓", "12+345="],
-        "target": ["wörld", "empty prompt", "", "?", "543"],
-    })
+    table = pa.table(
+        {
+            "prompt": ["héllo ", "", "x=", "ünï✓", "12+345="],
+            "target": ["wörld", "empty prompt", "", "?", "543"],
+        }
+    )
     table = {
         "whole": table,
         "sliced": table.slice(1, 3),
@@ -86,8 +95,9 @@ def test_build_vocabulary_reads_every_given_column() -> None:
 
 
 def test_encode_samples_handles_an_empty_table() -> None:
-    table = make_samples([]).cast(pa.schema({"prompt": pa.string(), "target": pa.string(),
-                                             "group": pa.string()}))
+    table = make_samples([]).cast(
+        pa.schema({"prompt": pa.string(), "target": pa.string(), "group": pa.string()})
+    )
     encoded = encode_samples(table, "prompt", "target", Vocabulary.from_texts(["a"]))
     assert encoded.num_rows == 0 and "tokens" in encoded.column_names
 

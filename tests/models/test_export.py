@@ -10,15 +10,14 @@ import onnxruntime
 import pytest
 import torch
 
-from models.batching import pad_lists
 from models.checkpoint import checkpoint_path, load_model
 from models.export import export_scorer
 from models.loss import ScorerModule
 from models.trainer import train_epoch
 from pipeline.config import TrainConfig
 from pipeline.errors import StoreError
+from pipeline.padding import pad_lists
 from tests.models.builders import ARCHITECTURES, make_pool, tiny_config
-
 
 # Rows 0-2 are the shortest samples, rows 20-39 include the longest: two batch sizes and
 # two padded lengths.

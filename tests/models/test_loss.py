@@ -27,12 +27,15 @@ def test_per_sample_loss_matches_a_reference() -> None:
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 7, (4, 6), generator=generator)
     logits = torch.randn(4, 5, 7, generator=generator)
-    mask = torch.tensor([
-        [0, 0, 1, 1, 1, 1],
-        [0, 1, 0, 1, 0, 1],
-        [0, 0, 0, 0, 0, 1],
-        [1, 0, 0, 0, 0, 0],  # only position 0 is marked, and it is never predicted
-    ], dtype=torch.float32)
+    mask = torch.tensor(
+        [
+            [0, 0, 1, 1, 1, 1],
+            [0, 1, 0, 1, 0, 1],
+            [0, 0, 0, 0, 0, 1],
+            [1, 0, 0, 0, 0, 0],  # only position 0 is marked, and it is never predicted
+        ],
+        dtype=torch.float32,
+    )
     expected = torch.tensor(_reference_loss(logits, tokens, mask))
     torch.testing.assert_close(per_sample_loss(logits, tokens, mask), expected)
     assert per_sample_loss(logits, tokens, mask)[3] == 0.0

@@ -16,8 +16,14 @@ from tests.models.builders import ARCHITECTURES, make_pool, tiny_config
 TRAIN = TrainConfig(batch_size=8, lr=1e-2)
 
 
-def _train(workdir: Path, arch: str = "gru", seed: int = 0, shuffle_seed: int = 0, pool=None,
-           epochs: int = 1) -> TrainStats:
+def _train(
+    workdir: Path,
+    arch: str = "gru",
+    seed: int = 0,
+    shuffle_seed: int = 0,
+    pool=None,
+    epochs: int = 1,
+) -> TrainStats:
     if pool is None:
         pool, _ = make_pool()
     vocab_size = 20

@@ -34,7 +34,7 @@ def reference_carries(a: int, b: int) -> int:
     """Schoolbook column addition on the decimal strings, independent of the numpy version."""
     width = max(len(str(a)), len(str(b)))
     carry = carries = 0
-    for x, y in zip(reversed(str(a).zfill(width)), reversed(str(b).zfill(width))):
+    for x, y in zip(reversed(str(a).zfill(width)), reversed(str(b).zfill(width)), strict=True):
         carry = int(int(x) + int(y) + carry >= 10)
         carries += carry
     return carries
@@ -84,7 +84,9 @@ def test_easy_holds_out_exactly_eval_easy_problems(seed: int, eval_easy: int) ->
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_no_problem_in_both_train_and_eval_even_commuted(seed: int) -> None:
-    train, evaluation = generate_arithmetic(make_config(n_hard=2000, eval_hard=2000, hard_max_digits=3), seed)
+    train, evaluation = generate_arithmetic(
+        make_config(n_hard=2000, eval_hard=2000, hard_max_digits=3), seed
+    )
     assert not problems(train.to_pylist()) & problems(evaluation.to_pylist())
 
 
@@ -153,7 +155,7 @@ def test_count_carries_matches_schoolbook_addition() -> None:
     draw = random.Random(0)
     a = [draw.randrange(10 ** draw.randint(1, 12)) for _ in range(2000)]
     b = [draw.randrange(10 ** draw.randint(1, 12)) for _ in range(2000)]
-    expected = [reference_carries(x, y) for x, y in zip(a, b)]
+    expected = [reference_carries(x, y) for x, y in zip(a, b, strict=True)]
     assert count_carries(np.array(a), np.array(b)).tolist() == expected
 
 

@@ -30,8 +30,21 @@ def assert_one_line_error(result: Result, message: str) -> None:
     ("args", "expected"),
     [
         ([], ["run", "runs"]),
-        (["run"], ["--config", "--store", "--data", "--epochs", "--rounds", "--seed",
-                   "--policy", "--floor", "--json", "PREFECT_API_URL"]),
+        (
+            ["run"],
+            [
+                "--config",
+                "--store",
+                "--data",
+                "--epochs",
+                "--rounds",
+                "--seed",
+                "--policy",
+                "--floor",
+                "--json",
+                "PREFECT_API_URL",
+            ],
+        ),
         (["runs"], ["--store", "--json"]),
     ],
 )
@@ -48,8 +61,20 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_then_list_runs_as_json(store: Path) -> None:
-    result = invoke("run", "--config", TINY, "--store", str(store), "--run-id", "cli",
-                    "--epochs", "2", "--rounds", "1", "--json")
+    result = invoke(
+        "run",
+        "--config",
+        TINY,
+        "--store",
+        str(store),
+        "--run-id",
+        "cli",
+        "--epochs",
+        "2",
+        "--rounds",
+        "1",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["run"] == "cli"
@@ -66,14 +91,36 @@ def test_run_then_list_runs_as_json(store: Path) -> None:
 
 
 def test_run_on_a_users_jsonl_dataset(store: Path, tmp_path: Path) -> None:
-    rows = [{"id": i, "kind": "odd" if i % 2 else "even", "q": f"{i}+1=", "a": str(i + 1)}
-            for i in range(12)]
+    rows = [
+        {"id": i, "kind": "odd" if i % 2 else "even", "q": f"{i}+1=", "a": str(i + 1)}
+        for i in range(12)
+    ]
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    result = invoke("run", "--config", TINY, "--store", str(store), "--run-id", "users",
-                    "--data", str(data), "--id-column", "id", "--group-column", "kind",
-                    "--prompt-column", "q", "--target-column", "a", "--rounds", "1",
-                    "--epochs", "2", "--json")
+    result = invoke(
+        "run",
+        "--config",
+        TINY,
+        "--store",
+        str(store),
+        "--run-id",
+        "users",
+        "--data",
+        str(data),
+        "--id-column",
+        "id",
+        "--group-column",
+        "kind",
+        "--prompt-column",
+        "q",
+        "--target-column",
+        "a",
+        "--rounds",
+        "1",
+        "--epochs",
+        "2",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     final = json.loads(result.stdout)["manifests"][-1]
     assert final["pool_by_group"].keys() <= {"odd", "even"}
@@ -108,3 +155,28 @@ def test_missing_column_in_users_data_names_file_and_column(tmp_path: Path) -> N
 def test_unknown_policy_is_rejected_by_the_option() -> None:
     result = invoke("run", "--policy", "nope")
     assert result.exit_code == 2 and "'nope' is not one of" in result.output
+
+
+def test_bad_data_fails_before_orchestration_starts(tmp_path: Path, monkeypatch) -> None:
+    def no_flow(*args, **kwargs):
+        raise AssertionError("the flow must not start on bad data")
+
+    monkeypatch.setattr("pipeline.cli._run_flow", no_flow)
+    data = tmp_path / "dup.jsonl"
+    data.write_text('{"id": 1, "prompt": "1+1=", "target": "2"}\n' * 2)
+    result = invoke("run", "--data", str(data), "--id-column", "id", "--store", str(tmp_path))
+    assert_one_line_error(result, "duplicate sample_id '1'")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreachable_prefect_server_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    result = invoke("run", "--config", TINY, "--store", str(tmp_path))
+    assert_one_line_error(
+        result, "PREFECT_API_URL=http://127.0.0.1:9/api: Prefect server not reachable"
+    )
+
+
+def test_runs_reports_completion(store: Path) -> None:
+    listed = json.loads(invoke("runs", "--store", str(store), "--json").stdout)
+    assert {r["run"]: r["status"] for r in listed}["cli"] == "complete"

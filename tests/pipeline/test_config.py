@@ -19,7 +19,9 @@ def test_no_file_gives_embedded_defaults() -> None:
 
 
 def test_toml_maps_onto_nested_dataclasses(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, 'epochs = 3\n[policy]\nfloor = 1\ndelta_mode = "relative"\n'))
+    config = load_config(
+        write(tmp_path, 'epochs = 3\n[policy]\nfloor = 1\ndelta_mode = "relative"\n')
+    )
     assert config.epochs == 3
     assert config.policy.floor == 1.0 and isinstance(config.policy.floor, float)
     assert config.policy.delta_mode == "relative"

@@ -7,8 +7,9 @@ from pipeline.deltas import SCORE_SCHEMA, with_loss_deltas
 
 
 def test_delta_columns_arithmetic() -> None:
-    current = pl.LazyFrame({"sample_id": ["a", "b", "c"], "loss": [0.5, 2.0, 1.0],
-                            "n_tokens": [3, 2, 1]})
+    current = pl.LazyFrame(
+        {"sample_id": ["a", "b", "c"], "loss": [0.5, 2.0, 1.0], "n_tokens": [3, 2, 1]}
+    )
     previous = pl.LazyFrame({"sample_id": ["c", "a", "b"], "loss": [0.0, 2.0, 1.0]})
     out = with_loss_deltas(current, previous, round_index=1, epoch=4).collect().sort("sample_id")
     assert out.schema == SCORE_SCHEMA

@@ -21,9 +21,7 @@ from pipeline.errors import (
 )
 from pipeline.ingest import dataset_fingerprint, load_samples
 
-FORMATS = [
-    "parquet", "jsonl", "json", "csv", "directory", "glob", "hf_dataset", "hf_dataset_dict"
-]
+FORMATS = ["parquet", "jsonl", "json", "csv", "directory", "glob", "hf_dataset", "hf_dataset_dict"]
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +114,7 @@ def test_content_ids_do_not_depend_on_row_order(tmp_path: Path) -> None:
     backward = load_samples(DataConfig(path=str(write_file(tmp_path / "b.parquet", shuffled))), [])
 
     def ids_by_prompt(table: pa.Table) -> dict[str, str]:
-        return dict(zip(table["prompt"].to_pylist(), table["sample_id"].to_pylist()))
+        return dict(zip(table["prompt"].to_pylist(), table["sample_id"].to_pylist(), strict=True))
 
     assert ids_by_prompt(forward) == ids_by_prompt(backward)
 
@@ -265,6 +263,16 @@ def test_null_group_names_the_sample(tmp_path: Path) -> None:
         load_samples(DataConfig(path=str(path), id_column="id", group_column="level"), [])
 
 
+def test_null_required_value_names_file_column_and_sample(tmp_path: Path) -> None:
+    rows = make_rows(4)
+    rows[2]["prompt"] = None
+    path = write_file(tmp_path / "s.jsonl", rows)
+    with raises_exactly(
+        DatasetError, f"{path}: column 'prompt': null value for sample_id '102' (row 2)"
+    ):
+        load_samples(DataConfig(path=str(path), id_column="id"), ["prompt", "target"])
+
+
 @pytest.mark.parametrize(
     "config_fields, required, message",
     [
@@ -391,13 +399,15 @@ def test_saved_dataset_without_rows_fails_naming_it(tmp_path: Path) -> None:
 
 
 def make_table(n: int = 5) -> pa.Table:
-    return pa.table({
-        "sample_id": [f"s{i}" for i in range(n)],
-        "group": ["all"] * n,
-        "prompt": [f"{i}+1=" for i in range(n)],
-        "loss": [0.5 * i for i in range(n)],
-        "note": [None if i % 2 else "x" for i in range(n)],
-    })
+    return pa.table(
+        {
+            "sample_id": [f"s{i}" for i in range(n)],
+            "group": ["all"] * n,
+            "prompt": [f"{i}+1=" for i in range(n)],
+            "loss": [0.5 * i for i in range(n)],
+            "note": [None if i % 2 else "x" for i in range(n)],
+        }
+    )
 
 
 def test_fingerprint_ignores_row_and_column_order() -> None:

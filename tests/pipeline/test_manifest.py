@@ -28,8 +28,9 @@ def make_layout(root: Path, run_id: str = "run-a", n: int = 6) -> RunLayout:
 def write_raw(layout: RunLayout, losses: dict[str, float], name: str = ".raw.parquet") -> Path:
     path = layout.run_dir / "scores" / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"sample_id": list(losses), "loss": list(losses.values()),
-                  "n_tokens": [2] * len(losses)}).write_parquet(path)
+    pl.DataFrame(
+        {"sample_id": list(losses), "loss": list(losses.values()), "n_tokens": [2] * len(losses)}
+    ).write_parquet(path)
     return path
 
 
@@ -38,9 +39,14 @@ def step(layout: RunLayout, round_index: int, epoch: int, losses: dict[str, floa
     scorer.parent.mkdir(parents=True, exist_ok=True)
     scorer.write_bytes(f"scorer {round_index} {epoch}".encode())
     return StepInputs(
-        round_index=round_index, epoch=epoch, raw_scores=write_raw(layout, losses),
-        scorer=scorer, scorer_sha256=sha256_file(scorer),
-        tokens_trained=10, tokens_scored=2 * len(losses), metrics={"accuracy": {"all": 0.5}},
+        round_index=round_index,
+        epoch=epoch,
+        raw_scores=write_raw(layout, losses),
+        scorer=scorer,
+        scorer_sha256=sha256_file(scorer),
+        tokens_trained=10,
+        tokens_scored=2 * len(losses),
+        metrics={"accuracy": {"all": 0.5}},
     )
 
 
@@ -65,12 +71,19 @@ def test_pruning_records_lineage_counts_and_tokens(tmp_path: Path) -> None:
     assert m2["pool"]["size"] == 4
     assert m2["pool"]["by_group"] == {"easy": 1, "hard": 3}
     assert m2["tokens"] == {"trained": 20, "scored": 24, "trained_step": 10, "scored_step": 12}
-    assert m2["policy"] == {"name": "stm", "params": {"delta": 0.25, "delta_mode": "absolute",
-                                                      "floor": 0.5}}
+    assert m2["policy"] == {
+        "name": "stm",
+        "params": {"delta": 0.25, "delta_mode": "absolute", "floor": 0.5},
+    }
     survivors = pl.read_parquet(layout.resolve(m2["pool"]["path"]))["sample_id"].to_list()
     assert survivors == ["s001", "s003", "s004", "s005"]
-    dropped = pl.read_parquet(layout.resolve(m2["step"]["decisions"]["path"])).filter(~pl.col("keep"))
-    assert dropped.select("sample_id", "reason").rows() == [("s000", "mastered"), ("s002", "mastered")]
+    dropped = pl.read_parquet(layout.resolve(m2["step"]["decisions"]["path"])).filter(
+        ~pl.col("keep")
+    )
+    assert dropped.select("sample_id", "reason").rows() == [
+        ("s000", "mastered"),
+        ("s002", "mastered"),
+    ]
 
 
 def test_paths_in_records_are_relative_and_a_moved_store_verifies(tmp_path: Path) -> None:
@@ -91,9 +104,17 @@ def test_same_lineage_gives_same_ids_across_runs_and_pools_are_shared(tmp_path: 
 
 
 def test_any_change_to_lineage_changes_the_id() -> None:
-    record = {"schema_version": 1, "round": 0, "epoch": 1, "kind": "prune", "parent": "p",
-              "policy": {"name": "stm", "params": {"floor": 0.5}}, "scorer": {"sha256": "s"},
-              "dataset": {"fingerprint": "f"}, "pool": {"sha256": pool_hash(["a", "b"])}}
+    record = {
+        "schema_version": 1,
+        "round": 0,
+        "epoch": 1,
+        "kind": "prune",
+        "parent": "p",
+        "policy": {"name": "stm", "params": {"floor": 0.5}},
+        "scorer": {"sha256": "s"},
+        "dataset": {"fingerprint": "f"},
+        "pool": {"sha256": pool_hash(["a", "b"])},
+    }
     base = manifest_id(record)
     assert manifest_id({**record, "metrics": {"seconds": 1.0}}) == base
     variants = [
@@ -119,7 +140,9 @@ def test_tampered_manifest_fails_to_load(tmp_path: Path) -> None:
     record["pool"]["size"] = 6
     record["parent"] = "forged"
     path.write_text(json.dumps(record))
-    with pytest.raises(ManifestIntegrityError, match=rf"r00-e002.json: id {m2['id']} does not match"):
+    with pytest.raises(
+        ManifestIntegrityError, match=rf"r00-e002.json: id {m2['id']} does not match"
+    ):
         load_manifest(path)
 
 
@@ -144,7 +167,9 @@ def test_manifests_are_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     write_immutable(path, b"one")
     write_immutable(path, b"one")
-    with pytest.raises(ManifestIntegrityError, match=r"m.json: already exists with different content"):
+    with pytest.raises(
+        ManifestIntegrityError, match=r"m.json: already exists with different content"
+    ):
         write_immutable(path, b"two")
 
 

@@ -6,7 +6,13 @@ import pytest
 from pipeline.config import PolicyConfig
 from pipeline.errors import ConfigError
 from pipeline.policies import (
-    DECISION_SCHEMA, POLICIES, PolicyParams, get_policy, policy_parameters, standard, stm,
+    DECISION_SCHEMA,
+    POLICIES,
+    PolicyParams,
+    get_policy,
+    policy_parameters,
+    standard,
+    stm,
 )
 from tests.builders import make_scores
 
@@ -25,11 +31,11 @@ def test_stm_drops_only_sharp_drop_at_or_below_floor() -> None:
         loss_prev=[1.0, 2.0, 0.625, 0.25, 0.75],
     )
     assert decisions(stm(scores, ABSOLUTE)) == {
-        "s0": (False, "mastered"),     # fell 0.75, at 0.25 <= floor
-        "s1": (True, "above_floor"),   # fell 1.0 but still at 1.0: premature ejection guard
-        "s2": (True, "learning"),      # at the floor but fell only 0.125
-        "s3": (True, "learning"),      # low loss, slow decrease: kept
-        "s4": (False, "mastered"),     # fell exactly delta, exactly at the floor
+        "s0": (False, "mastered"),  # fell 0.75, at 0.25 <= floor
+        "s1": (True, "above_floor"),  # fell 1.0 but still at 1.0: premature ejection guard
+        "s2": (True, "learning"),  # at the floor but fell only 0.125
+        "s3": (True, "learning"),  # low loss, slow decrease: kept
+        "s4": (False, "mastered"),  # fell exactly delta, exactly at the floor
     }
 
 
@@ -37,9 +43,9 @@ def test_stm_relative_delta_uses_fraction_of_previous_loss() -> None:
     scores = make_scores(loss=[0.25, 0.375, 0.125], loss_prev=[0.5, 0.5, 0.25])
     params = PolicyParams(delta=0.5, delta_mode="relative", floor=0.5)
     assert decisions(stm(scores, params)) == {
-        "s0": (False, "mastered"),   # halved
-        "s1": (True, "learning"),    # fell by a quarter
-        "s2": (False, "mastered"),   # halved, small absolute drop
+        "s0": (False, "mastered"),  # halved
+        "s1": (True, "learning"),  # fell by a quarter
+        "s2": (False, "mastered"),  # halved, small absolute drop
     }
 
 
@@ -67,7 +73,9 @@ def test_every_policy_returns_the_decision_schema_one_row_per_sample(name: str) 
 
 
 def test_unknown_policy_names_the_key_and_known_policies() -> None:
-    with pytest.raises(ConfigError, match=r"policy.name: unknown policy 'stn' \(known: standard, stm\)"):
+    with pytest.raises(
+        ConfigError, match=r"policy.name: unknown policy 'stn' \(known: standard, stm\)"
+    ):
         get_policy("stn")
 
 
@@ -79,5 +87,7 @@ def test_floor_tightens_per_round() -> None:
 def test_standard_records_no_parameters() -> None:
     assert policy_parameters("standard", ABSOLUTE) == {}
     assert policy_parameters("stm", ABSOLUTE) == {
-        "delta": 0.25, "delta_mode": "absolute", "floor": 0.5,
+        "delta": 0.25,
+        "delta_mode": "absolute",
+        "floor": 0.5,
     }

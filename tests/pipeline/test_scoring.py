@@ -2,13 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import ScorerContractError
-from pipeline.scoring import pad_list_column, score_pool
+from pipeline.scoring import score_pool
 from tests.builders import make_sample_table, make_sum_scorer
 
 
@@ -31,23 +30,17 @@ def test_scores_exactly_the_pool_streaming_in_batches(tmp_path: Path, samples: P
     summary, table = run_scoring(tmp_path, scorer, samples, ids, batch_size=2)
     losses = dict(zip(table["sample_id"].to_pylist(), table["loss"].to_pylist(), strict=True))
     # loss = sum of the unpadded values: padding with zeros must not change it
-    assert losses == {"s000": 0.0, "s001": 1.5, "s002": 2.0, "s003": 3.5, "s005": 5.5,
-                      "s006": 6.0}
+    assert losses == {"s000": 0.0, "s001": 1.5, "s002": 2.0, "s003": 3.5, "s005": 5.5, "s006": 6.0}
     assert summary.samples == 6
     assert summary.tokens_scored == 1 + 2 + 1 + 2 + 2 + 1
     assert table.schema.field("loss").type == pa.float32()
 
 
-def test_pad_list_column_pads_with_zeros_from_buffers() -> None:
-    column = pa.array([[1, 2, 3], [], [4]], type=pa.list_(pa.int64()))
-    np.testing.assert_array_equal(
-        pad_list_column(column, np.int64), np.array([[1, 2, 3], [0, 0, 0], [4, 0, 0]])
-    )
-
-
 def test_input_without_matching_column_is_named(tmp_path: Path, samples: Path) -> None:
     scorer = make_sum_scorer(tmp_path / "s.onnx", input_name="tokens")
-    with pytest.raises(ScorerContractError, match=r"input 'tokens' has no column of that name in .*samples.parquet"):
+    with pytest.raises(
+        ScorerContractError, match=r"input 'tokens' has no column of that name in .*samples.parquet"
+    ):
         run_scoring(tmp_path, scorer, samples, ["s000"])
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from models.batching import pad_lists
+from pipeline.padding import pad_lists
 
 
 def test_pads_each_row_to_the_longest() -> None:
