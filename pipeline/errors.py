@@ -46,3 +46,7 @@ class StoreError(PipelineError):
 
 class PrefectUnavailable(PipelineError):
     """The Prefect API the user pointed at does not answer."""
+
+
+class ManifestNotFound(PipelineError):
+    """No manifest (or more than one) matches the id, prefix or run given."""

@@ -23,6 +23,7 @@ from pipeline.manifest import (
     with_id,
 )
 from pipeline.policies import PolicyParams, get_policy, policy_parameters
+from pipeline.runs import read_run_record
 from pipeline.store import (
     RunLayout,
     atomic_path,
@@ -71,6 +72,13 @@ def _policy_entry(config: PolicyConfig, round_index: int) -> dict[str, Any]:
     return {"name": config.name, "params": policy_parameters(config.name, params)}
 
 
+def _reproduce(layout: RunLayout) -> dict[str, Any]:
+    """How to reproduce this record: the run's provenance and where its config is. Not
+    part of the id: the same lineage computed elsewhere keeps its id."""
+    run = read_run_record(layout) if layout.run_record.exists() else {}
+    return {**run.get("provenance", {}), "config": layout.relative(layout.config)}
+
+
 def _write_manifest(layout: RunLayout, record: dict[str, Any]) -> dict[str, Any]:
     record = with_id(record)
     write_immutable(layout.manifest(record["round"], record["epoch"]), encode_record(record))
@@ -101,6 +109,7 @@ def reset_pool(
         "step": None,
         "tokens": {**tokens, "trained_step": 0, "scored_step": 0},
         "metrics": {},
+        "reproduce": _reproduce(layout),
     }
     return _write_manifest(layout, record)
 
@@ -187,6 +196,7 @@ def prune_step(
             "scored_step": step.tokens_scored,
         },
         "metrics": step.metrics,
+        "reproduce": _reproduce(layout),
     }
     return _write_manifest(layout, record)
 

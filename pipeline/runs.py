@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -36,6 +37,30 @@ def default_run_id(config: RunConfig, now: datetime) -> str:
     """Sortable by time, and tells configs apart at a glance."""
     digest = hashlib.sha256(dumps_toml(config).encode()).hexdigest()[:8]
     return f"{now:%Y%m%d-%H%M%S}-{digest}"
+
+
+def _git_commit() -> str | None:
+    """The commit of this package's checkout, when it runs from one."""
+    source = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance(config: RunConfig) -> dict[str, Any]:
+    """What it takes to reproduce a run: its exact config (hash of the resolved TOML saved
+    beside it), seed, package versions and the code's git commit when known."""
+    return {
+        "config_sha256": hashlib.sha256(dumps_toml(config).encode()).hexdigest(),
+        "seed": config.seed,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -74,7 +99,7 @@ def create_run(config: RunConfig, inputs: RunInputs, now: datetime | None = None
             "samples": inputs.samples.num_rows,
             "eval_samples": inputs.eval_samples.num_rows if inputs.eval_samples else 0,
         },
-        "versions": _versions(),
+        "provenance": provenance(config),
     }
     write_text_atomic(layout.run_record, json.dumps(record, sort_keys=True, indent=2) + "\n")
     return layout

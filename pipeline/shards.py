@@ -1,0 +1,123 @@
+"""Pruned shards for any trainer: a manifest's pool with the dataset's original columns,
+streamed from the run's sample table into Parquet or JSON-lines shards, beside a copy of
+the manifest record and a SHA256SUMS file, published with one atomic rename."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StoreError
+from pipeline.manifest import encode_record
+from pipeline.store import RunLayout, iter_samples_subset, sha256_file
+
+# Columns the built-in model adds to the sample table; they are not the user's data.
+ENCODED_COLUMNS = ("tokens", "loss_mask", "n_tokens")
+SCAN_BATCH_ROWS = 65_536
+
+ShardFormat = Literal["parquet", "jsonl"]
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    out: Path
+    rows: int
+    shards: list[str]
+
+
+def dataset_columns(schema: pa.Schema) -> list[str]:
+    return [name for name in schema.names if name not in ENCODED_COLUMNS]
+
+
+def rows_per_shard_for(pool_size: int, shards: int | None, rows_per_shard: int | None) -> int:
+    """Shard size from either a shard count or a row count (default: one shard)."""
+    if rows_per_shard is not None:
+        return max(1, rows_per_shard)
+    return max(1, math.ceil(pool_size / (shards or 1)))
+
+
+def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Regroup a stream of record batches into tables of exactly `rows` rows (the last
+    may be shorter), holding at most one shard in memory."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        while batch.num_rows:
+            take = min(rows - count, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            batch, count = batch.slice(take), count + take
+            if count == rows:
+                yield pa.Table.from_batches(pending)
+                pending, count = [], 0
+    if count:
+        yield pa.Table.from_batches(pending)
+
+
+def _write_shard(table: pa.Table, path: Path, fmt: ShardFormat) -> None:
+    if fmt == "parquet":
+        pq.write_table(table, path, compression="zstd")
+    else:
+        pl.from_arrow(table).write_ndjson(path)
+
+
+def export_pool(
+    layout: RunLayout,
+    record: dict[str, Any],
+    out: Path,
+    fmt: ShardFormat,
+    shards: int | None = None,
+    rows_per_shard: int | None = None,
+) -> ExportSummary:
+    """Write the pool of `record` as shards under `out`, which must not exist yet."""
+    if out.exists():
+        raise StoreError(f"{out}: already exists; export into a new directory")
+    columns = dataset_columns(pq.read_schema(layout.samples))
+    ids = pl.read_parquet(layout.resolve(record["pool"]["path"]), columns=["sample_id"])
+    size = rows_per_shard_for(ids.height, shards, rows_per_shard)
+    scanner = iter_samples_subset(
+        layout.samples, ids["sample_id"].to_arrow(), columns, SCAN_BATCH_ROWS
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        names, rows = [], 0
+        for index, table in enumerate(_rebatch(scanner.to_batches(), size)):
+            name = f"part-{index:05d}.{fmt}"
+            _write_shard(table, staging / name, fmt)
+            names.append(name)
+            rows += table.num_rows
+        if rows != ids.height:
+            raise StoreError(
+                f"{layout.samples}: {rows} of the {ids.height} pool samples found"
+            )
+        (staging / "manifest.json").write_bytes(encode_record(record))
+        listed = [*names, "manifest.json"]
+        sums = "".join(f"{sha256_file(staging / n)}  {n}\n" for n in listed)
+        (staging / "SHA256SUMS").write_text(sums)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportSummary(out, rows, names)
+
+
+def read_checksums(out: Path) -> dict[str, str]:
+    lines = (out / "SHA256SUMS").read_text().splitlines()
+    return {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
+
+
+def summary_json(summary: ExportSummary) -> str:
+    return json.dumps(
+        {"out": str(summary.out), "rows": summary.rows, "shards": summary.shards}, indent=2
+    )
