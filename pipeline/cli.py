@@ -697,8 +697,9 @@ def export(
     as_json: bool,
 ) -> None:
     """Write a manifest's pool as shards any trainer can read: every original column,
-    joined from the run's dataset by sample_id and streamed, plus manifest.json and a
-    SHA256SUMS file. Loads with `datasets.load_dataset("parquet", data_files=...)`."""
+    joined from the run's dataset by sample_id and streamed, plus _manifest.json and
+    _SHA256SUMS. Loads with `datasets.load_dataset("parquet", data_files="OUT/*.parquet")` or
+    `pyarrow.parquet.read_table(OUT)`."""
     if shards and rows_per_shard:
         raise click.UsageError("give --shards or --rows-per-shard, not both")
     root = _store_root(store)

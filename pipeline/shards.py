@@ -1,6 +1,8 @@
 """Pruned shards for any trainer: a manifest's pool with the dataset's original columns,
 streamed from the run's sample table into Parquet or JSON-lines shards, beside a copy of
-the manifest record and a SHA256SUMS file, published with one atomic rename."""
+the manifest record (`_manifest.json`) and checksums (`_SHA256SUMS`, `sha256sum -c`
+format), published with one atomic rename. The underscore keeps them out of readers that
+take the whole directory (pyarrow, Spark); `datasets` takes `data_files="OUT/*.parquet"`."""
 
 from __future__ import annotations
 
@@ -98,13 +100,11 @@ def export_pool(
             names.append(name)
             rows += table.num_rows
         if rows != ids.height:
-            raise StoreError(
-                f"{layout.samples}: {rows} of the {ids.height} pool samples found"
-            )
-        (staging / "manifest.json").write_bytes(encode_record(record))
-        listed = [*names, "manifest.json"]
+            raise StoreError(f"{layout.samples}: {rows} of the {ids.height} pool samples found")
+        (staging / "_manifest.json").write_bytes(encode_record(record))
+        listed = [*names, "_manifest.json"]
         sums = "".join(f"{sha256_file(staging / n)}  {n}\n" for n in listed)
-        (staging / "SHA256SUMS").write_text(sums)
+        (staging / "_SHA256SUMS").write_text(sums)
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -113,7 +113,7 @@ def export_pool(
 
 
 def read_checksums(out: Path) -> dict[str, str]:
-    lines = (out / "SHA256SUMS").read_text().splitlines()
+    lines = (out / "_SHA256SUMS").read_text().splitlines()
     return {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
 
 
