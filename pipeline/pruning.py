@@ -40,8 +40,8 @@ class StepInputs:
     round_index: int
     epoch: int
     raw_scores: Path
-    scorer: Path
-    scorer_sha256: str
+    scorer: Path | None
+    scorer_sha256: str | None
     tokens_trained: int
     tokens_scored: int
     metrics: dict[str, Any]
@@ -154,15 +154,39 @@ def prune_step(
     policy: PolicyConfig,
 ) -> dict[str, Any]:
     """Score deltas, decide, write the surviving pool and the manifest of (round, epoch)."""
-    scores_path = _scored_with_deltas(layout, step)
-    groups = pl.scan_parquet(layout.samples).select("sample_id", "group")
-    decisions = decide(pl.scan_parquet(scores_path), groups, policy, step.round_index)
-    decided = decisions.collect(engine="streaming").sort("sample_id")
+    return record_pruning(layout, parent, _scored_with_deltas(layout, step), step, policy)
+
+
+def _check_scored_pool(
+    scores_path: Path, parent: dict[str, Any], pool: pl.LazyFrame, decided: pl.DataFrame
+) -> None:
+    """The scores must cover exactly the parent's pool: pruning only ever removes."""
+    stranger = decided.lazy().join(pool, on="sample_id", how="anti").head(1).collect()
+    if stranger.height:
+        raise ManifestIntegrityError(
+            f"{scores_path}: sample '{stranger['sample_id'][0]}' is not in the pool of "
+            f"manifest {parent['id'][:12]}"
+        )
     if decided.height != parent["pool"]["size"]:
         raise ManifestIntegrityError(
             f"{scores_path}: {decided.height} samples scored but the pool of manifest "
             f"{parent['id']} has {parent['pool']['size']}"
         )
+
+
+def record_pruning(
+    layout: RunLayout,
+    parent: dict[str, Any],
+    scores_path: Path,
+    step: StepInputs,
+    policy: PolicyConfig,
+) -> dict[str, Any]:
+    """Decide on a scores file already in the run, write decisions, pool and manifest."""
+    groups = pl.scan_parquet(layout.samples).select("sample_id", "group")
+    decisions = decide(pl.scan_parquet(scores_path), groups, policy, step.round_index)
+    decided = decisions.collect(engine="streaming").sort("sample_id")
+    parent_pool = pl.scan_parquet(layout.resolve(parent["pool"]["path"])).select("sample_id")
+    _check_scored_pool(scores_path, parent, parent_pool, decided)
     decisions_path = layout.decisions(step.round_index, step.epoch)
     write_parquet_atomic(decided.to_arrow(), decisions_path)
     dropped = decided.filter(~pl.col("keep"))
@@ -175,7 +199,11 @@ def prune_step(
         "kind": "prune",
         "parent": parent["id"],
         "policy": _policy_entry(policy, step.round_index),
-        "scorer": {"path": layout.relative(step.scorer), "sha256": step.scorer_sha256},
+        "scorer": (
+            {"path": layout.relative(step.scorer), "sha256": step.scorer_sha256}
+            if step.scorer
+            else None
+        ),
         "dataset": parent["dataset"],
         "pool": _write_pool(layout, decided.filter(pl.col("keep"))),
         "step": {
