@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/stm run $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/ruff check pipeline models flows tests bench
+	$(BIN)/ruff check pipeline models flows tests bench examples
 	$(BIN)/python -m pytest $(ARGS)
 
 install: $(STAMP)

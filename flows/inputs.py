@@ -1,6 +1,7 @@
 """A run's data, prepared before any orchestration starts: ingest (or generate the
-built-in benchmark), fingerprint, and encode for the built-in model. Plain Python, so a
-bad dataset fails in a second with its one-line error instead of after Prefect starts."""
+built-in benchmark), fingerprint, and encode for the built-in model (an external trainer
+gets the dataset as it is). Plain Python, so a bad dataset fails in a second with its
+one-line error instead of after Prefect starts."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pipeline.runs import RunInputs
 
 
 def prepare_inputs(config: RunConfig) -> RunInputs:
+    if config.trainer.command is not None:
+        return _external_trainer_inputs(config)
     data = config.data
     columns = [data.prompt_column, data.target_column]
     if data.path is None:
@@ -34,4 +37,16 @@ def prepare_inputs(config: RunConfig) -> RunInputs:
         eval_samples=eval_samples,
         fingerprint=dataset_fingerprint(samples),
         vocabulary_json=vocabulary.to_json(),
+    )
+
+
+def _external_trainer_inputs(config: RunConfig) -> RunInputs:
+    """An external trainer takes the dataset as it is: no column is required beyond the
+    id contract, nothing is encoded, and it evaluates (if at all) by itself."""
+    samples = load_samples(config.data, required_columns=())
+    return RunInputs(
+        samples=samples,
+        eval_samples=None,
+        fingerprint=dataset_fingerprint(samples),
+        vocabulary_json=None,
     )

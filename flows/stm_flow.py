@@ -1,12 +1,15 @@
 """The STM curation flow: per epoch train -> export ONNX -> evaluate -> score -> prune ->
 manifest, round after round, each round resetting the pool with a tighter mastery floor.
-It only composes tasks; every step is a plain function tested without Prefect."""
+With an external trainer, its command trains and exports, and its scorer is checked
+before scoring. It only composes tasks; every step is a plain function tested without
+Prefect."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -35,29 +38,64 @@ class RunResult:
 Reporter = Callable[[StepReport], None]
 
 
+@dataclass(frozen=True)
+class TrainedScorer:
+    """What a training stage hands to scoring: the scorer, its hash, the tokens trained
+    and the stage's metrics and seconds for the manifest."""
+
+    scorer: Path
+    scorer_sha256: str
+    tokens_trained: int
+    metrics: dict[str, Any]
+    seconds: dict[str, float]
+
+
+def builtin_training(
+    ctx: tasks.RunContext, parent: dict[str, Any], round_index: int, epoch: int
+) -> TrainedScorer:
+    trained = tasks.train(ctx, parent, round_index, epoch)
+    scorer, scorer_sha256, export_seconds = tasks.export(ctx, round_index, epoch)
+    accuracy, evaluate_seconds = tasks.held_out_accuracy(ctx)
+    return TrainedScorer(
+        scorer,
+        scorer_sha256,
+        trained.tokens_trained,
+        {"accuracy": accuracy, "train_loss": trained.mean_loss},
+        {"train": trained.seconds, "export": export_seconds, "evaluate": evaluate_seconds},
+    )
+
+
+def external_training(
+    ctx: tasks.RunContext, parent: dict[str, Any], round_index: int, epoch: int
+) -> TrainedScorer:
+    trained = tasks.train_external(ctx, parent, round_index, epoch)
+    scorer, scorer_sha256, check_seconds = tasks.checked_scorer(ctx, round_index, epoch)
+    return TrainedScorer(
+        scorer,
+        scorer_sha256,
+        trained.tokens_trained,
+        {"train_loss": trained.mean_loss, "trainer": trained.metrics},
+        {"train": trained.seconds, "check": check_seconds},
+    )
+
+
 def run_epoch(
     ctx: tasks.RunContext, parent: dict[str, Any], round_index: int, epoch: int
 ) -> StepReport:
     started = time.perf_counter()
-    trained = tasks.train(ctx, parent, round_index, epoch)
-    scorer, scorer_sha256, export_seconds = tasks.export(ctx, round_index, epoch)
-    accuracy, evaluate_seconds = tasks.held_out_accuracy(ctx)
-    raw_scores, scored = tasks.score(ctx, scorer, parent, round_index, epoch)
-    seconds = {
-        "train": trained.seconds,
-        "export": export_seconds,
-        "evaluate": evaluate_seconds,
-        "score": scored.seconds,
-    }
+    training = external_training if ctx.config.trainer.command else builtin_training
+    trained = training(ctx, parent, round_index, epoch)
+    raw_scores, scored = tasks.score(ctx, trained.scorer, parent, round_index, epoch)
+    seconds = {**trained.seconds, "score": scored.seconds}
     step = StepInputs(
         round_index=round_index,
         epoch=epoch,
         raw_scores=raw_scores,
-        scorer=scorer,
-        scorer_sha256=scorer_sha256,
+        scorer=trained.scorer,
+        scorer_sha256=trained.scorer_sha256,
         tokens_trained=trained.tokens_trained,
         tokens_scored=scored.tokens_scored,
-        metrics={"accuracy": accuracy, "train_loss": trained.mean_loss, "seconds": seconds},
+        metrics={**trained.metrics, "seconds": seconds},
     )
     record = tasks.prune(ctx, parent, step)
     return StepReport(record, {**seconds, "epoch": time.perf_counter() - started})

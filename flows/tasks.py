@@ -20,10 +20,12 @@ from models.evaluate import evaluate
 from models.export import export_scorer
 from models.trainer import TrainStats, train_epoch
 from pipeline.config import RunConfig
+from pipeline.external_trainer import ExternalTrainStats, train_external_epoch
 from pipeline.pruning import StepInputs, pool_ids, prune_step, reset_pool
 from pipeline.runs import RunInputs, create_run, mark_complete
+from pipeline.scorer_check import check_scorer, raise_if_invalid
 from pipeline.scoring import ScoreSummary, score_pool
-from pipeline.store import RunLayout, read_samples_subset, temporary_sibling
+from pipeline.store import RunLayout, read_samples_subset, sha256_file, temporary_sibling
 
 TRAIN_COLUMNS = ["sample_id", "tokens", "loss_mask", "n_tokens"]
 
@@ -35,7 +37,7 @@ class RunContext:
     config: RunConfig
     layout: RunLayout
     fingerprint: str
-    vocabulary: Vocabulary
+    vocabulary: Vocabulary | None  # the built-in model's; None with an external trainer
     has_eval: bool
 
 
@@ -48,7 +50,9 @@ def shuffle_seed(seed: int, round_index: int, epoch: int) -> int:
 def prepare_run(config: RunConfig, inputs: RunInputs | None) -> RunContext:
     inputs = inputs or prepare_inputs(config)
     layout = create_run(config, inputs)
-    vocabulary = Vocabulary.from_json(inputs.vocabulary_json)
+    vocabulary = None
+    if inputs.vocabulary_json is not None:
+        vocabulary = Vocabulary.from_json(inputs.vocabulary_json)
     return RunContext(
         config, layout, inputs.fingerprint, vocabulary, inputs.eval_samples is not None
     )
@@ -77,6 +81,26 @@ def train(ctx: RunContext, parent: dict[str, Any], round_index: int, epoch: int)
         seed=config.seed,
         shuffle_seed=shuffle_seed(config.seed, round_index, epoch),
     )
+
+
+@task(name="train-external", cache_policy=NO_CACHE)
+def train_external(
+    ctx: RunContext, parent: dict[str, Any], round_index: int, epoch: int
+) -> ExternalTrainStats:
+    config = ctx.config
+    return train_external_epoch(
+        config.trainer, ctx.layout, parent, round_index, epoch, seed=config.seed
+    )
+
+
+@task(name="check-scorer", cache_policy=NO_CACHE)
+def checked_scorer(ctx: RunContext, round_index: int, epoch: int) -> tuple[Path, str, float]:
+    """A scorer written by someone else, checked against the contract before it scores
+    anything: its path, sha256 and the seconds the check took."""
+    started = time.perf_counter()
+    path = ctx.layout.scorer(round_index, epoch)
+    raise_if_invalid(check_scorer(path, ctx.layout.samples))
+    return path, sha256_file(path), time.perf_counter() - started
 
 
 @task(name="export-scorer", cache_policy=NO_CACHE)

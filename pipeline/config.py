@@ -4,6 +4,7 @@ passed down; the resolved config is saved with every run so it can be replayed."
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import tomllib
 import types
 import typing
@@ -99,6 +100,25 @@ class ScoringConfig:
 
 
 @dataclass(frozen=True)
+class TrainerConfig:
+    """An external trainer: `command` runs once per epoch instead of the built-in model
+    (docs/trainer-contract.md); unset means the built-in trainer. `timeout_seconds` bounds
+    one call, unbounded when unset."""
+
+    command: str | None = None
+    timeout_seconds: float | None = None
+
+    def argv(self) -> list[str]:
+        """The command split as a POSIX shell would, placeholders still in place."""
+        if self.command is None:
+            return []
+        try:
+            return shlex.split(self.command)
+        except ValueError as err:
+            raise ConfigError(f"config key trainer.command: cannot be parsed: {err}") from err
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     rounds: int = 3
@@ -110,6 +130,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def validate(self) -> RunConfig:
         """Reject values no run could use, naming the key; returns self to allow chaining."""
@@ -145,10 +166,34 @@ class RunConfig:
                 "must be >= 2 and <= hard_max_digits",
             ),
         ]
-        for ok, key, message in checks:
+        for ok, key, message in checks + self._trainer_checks():
             if not ok:
                 raise ConfigError(f"config key {key}: {message}")
         return self
+
+    def _trainer_checks(self) -> list[tuple[bool, str, str]]:
+        trainer = self.trainer
+        external = trainer.command is not None
+        return [
+            (not external or bool(trainer.argv()), "trainer.command", "must not be empty"),
+            (
+                trainer.timeout_seconds is None or trainer.timeout_seconds > 0,
+                "trainer.timeout_seconds",
+                "must be positive",
+            ),
+            (
+                not external or self.data.path is not None,
+                "data.path",
+                "must be set with trainer.command: the built-in benchmark is for the "
+                "built-in model",
+            ),
+            (
+                not external or self.data.eval_path is None,
+                "data.eval_path",
+                "held-out evaluation is the built-in model's; an external trainer reports "
+                "its own metrics in metrics.json",
+            ),
+        ]
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -18,8 +18,17 @@ import polars as pl
 from pipeline.catalog import Catalog, Entry
 
 EVENT_COLUMNS = [
-    "sample_id", "round", "epoch", "manifest", "policy", "reason", "floor", "delta_threshold",
-    "loss", "loss_prev", "delta",
+    "sample_id",
+    "round",
+    "epoch",
+    "manifest",
+    "policy",
+    "reason",
+    "floor",
+    "delta_threshold",
+    "loss",
+    "loss_prev",
+    "delta",
 ]
 EVENT_SCHEMA = pl.Schema(
     {

@@ -50,3 +50,7 @@ class PrefectUnavailable(PipelineError):
 
 class ManifestNotFound(PipelineError):
     """No manifest (or more than one) matches the id, prefix or run given."""
+
+
+class TrainerError(PipelineError):
+    """An external trainer failed, timed out, wrote no scorer or unreadable metrics."""

@@ -25,12 +25,13 @@ _VERSIONED_PACKAGES = ("pyarrow", "polars", "onnxruntime", "torch", "prefect", "
 
 @dataclass(frozen=True)
 class RunInputs:
-    """The prepared data of a run, ready to be written into its directory."""
+    """The prepared data of a run, ready to be written into its directory. An external
+    trainer's run has no vocabulary: the built-in model's encoding is not done for it."""
 
     samples: pa.Table
     eval_samples: pa.Table | None
     fingerprint: str
-    vocabulary_json: str
+    vocabulary_json: str | None
 
 
 def default_run_id(config: RunConfig, now: datetime) -> str:
@@ -45,7 +46,10 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(source), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -83,7 +87,8 @@ def create_run(config: RunConfig, inputs: RunInputs, now: datetime | None = None
     write_parquet_atomic(inputs.samples, layout.samples)
     if inputs.eval_samples is not None:
         write_parquet_atomic(inputs.eval_samples, layout.eval_samples)
-    write_text_atomic(layout.vocabulary, inputs.vocabulary_json)
+    if inputs.vocabulary_json is not None:
+        write_text_atomic(layout.vocabulary, inputs.vocabulary_json)
     write_text_atomic(layout.config, dumps_toml(config))
     record = {
         "schema_version": RUN_SCHEMA_VERSION,
@@ -91,6 +96,7 @@ def create_run(config: RunConfig, inputs: RunInputs, now: datetime | None = None
         "created": now.isoformat(timespec="seconds"),
         "seed": config.seed,
         "policy": config.policy.name,
+        "trainer": config.trainer.command or "builtin",
         "rounds": config.rounds,
         "epochs": config.epochs,
         "dataset": {

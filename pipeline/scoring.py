@@ -2,16 +2,19 @@
 through onnxruntime into a Parquet file of per-sample losses, never the whole dataset as
 Python objects.
 
-The scorer contract: every graph input is named after a column of the sample table (list
-columns are padded per batch with zeros, scalar columns passed as they are) and the output
-`loss` is float32 `[batch]`, one loss per sample. `n_tokens` is taken from the sample
-table's column of that name, or 1 per sample when it has none.
+The scorer contract: every graph input is named after a numeric column of the sample table
+(list columns are padded per batch with zeros into a rank-2 input, scalar columns fed as
+they are into a rank-1 one, both cast to the input's type unless floats would be truncated)
+and the output `loss` is float32 `[batch]`, one finite loss per sample. The batch dimension
+of inputs and `loss` is dynamic. `n_tokens` is taken from the sample table's column of
+that name, or 1 per sample when it has none. `pipeline.scorer_check` reports every
+violation at once; scoring raises the first it meets.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,47 +68,109 @@ def open_scorer(onnx_path: Path, threads: int) -> ort.InferenceSession:
             str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as err:  # onnxruntime raises its own untyped errors
-        raise ScorerContractError(f"{onnx_path}: not a loadable ONNX model: {err}") from err
+        raise ScorerContractError(
+            f"{onnx_path}: not a loadable ONNX model: {_one_line(err)}"
+        ) from err
+
+
+def interface_problems(
+    session: ort.InferenceSession, schema: pa.Schema, onnx_path: Path, samples: Path | str
+) -> tuple[list[ScorerInput], list[str]]:
+    """Every way the graph's inputs and `loss` output do not fit the sample table, each
+    saying exactly what is wrong instead of failing inside onnxruntime; and the inputs
+    that do fit, ready to feed."""
+    problems = _loss_output_problems(session, onnx_path)
+    inputs = []
+    for node in session.get_inputs():
+        found = _input_problems(node, schema, onnx_path, samples)
+        if found:
+            problems += found
+        else:
+            column_type = schema.field(node.name).type
+            inputs.append(ScorerInput(node.name, _ORT_TO_NUMPY[node.type], _is_list(column_type)))
+    return inputs, problems
 
 
 def scorer_inputs(
     session: ort.InferenceSession, schema: pa.Schema, onnx_path: Path, samples: Path
 ) -> list[ScorerInput]:
-    """Match the graph's inputs and outputs to the sample table, saying exactly what does
-    not fit instead of failing inside onnxruntime."""
-    outputs = {o.name: o for o in session.get_outputs()}
-    if "loss" not in outputs:
-        raise ScorerContractError(
-            f"{onnx_path}: no output named 'loss' (outputs: {', '.join(outputs)})"
-        )
-    loss = outputs["loss"]
-    if loss.type != "tensor(float)" or len(loss.shape) != 1:
-        raise ScorerContractError(
-            f"{onnx_path}: output 'loss' must be float32 [batch], got {loss.type} {loss.shape}"
-        )
-    inputs = []
-    for node in session.get_inputs():
-        if node.name not in schema.names:
-            raise ScorerContractError(
-                f"{onnx_path}: input '{node.name}' has no column of that name in {samples}"
-            )
-        if node.type not in _ORT_TO_NUMPY:
-            raise ScorerContractError(
-                f"{onnx_path}: input '{node.name}' has unsupported type {node.type}"
-            )
-        column_type = schema.field(node.name).type
-        is_sequence = pa.types.is_list(column_type) or pa.types.is_large_list(column_type)
-        if len(node.shape) != 1 + int(is_sequence):
-            kind = "a list" if is_sequence else "a scalar"
-            raise ScorerContractError(
-                f"{onnx_path}: input '{node.name}' has rank {len(node.shape)} but column "
-                f"'{node.name}' of {samples} is {kind} column"
-            )
-        inputs.append(ScorerInput(node.name, _ORT_TO_NUMPY[node.type], is_sequence))
+    """The graph's inputs matched to the sample table; the first problem is raised."""
+    inputs, problems = interface_problems(session, schema, onnx_path, samples)
+    if problems:
+        raise ScorerContractError(problems[0])
     return inputs
 
 
-def batch_feed(batch: pa.RecordBatch, inputs: list[ScorerInput]) -> dict[str, np.ndarray]:
+def _loss_output_problems(session: ort.InferenceSession, onnx_path: Path) -> list[str]:
+    outputs = {o.name: o for o in session.get_outputs()}
+    if "loss" not in outputs:
+        return [f"{onnx_path}: no output named 'loss' (outputs: {', '.join(outputs)})"]
+    loss = outputs["loss"]
+    if loss.type != "tensor(float)" or len(loss.shape) != 1:
+        return [f"{onnx_path}: output 'loss' must be float32 [batch], got {loss.type} {loss.shape}"]
+    if isinstance(loss.shape[0], int):
+        return [_fixed_batch_problem(onnx_path, "output 'loss'", loss.shape[0])]
+    return []
+
+
+def _input_problems(
+    node: ort.NodeArg, schema: pa.Schema, onnx_path: Path, samples: Path | str
+) -> list[str]:
+    if node.name not in schema.names:
+        return [f"{onnx_path}: input '{node.name}' has no column of that name in {samples}"]
+    problems = []
+    column_type = schema.field(node.name).type
+    is_sequence = _is_list(column_type)
+    if node.type not in _ORT_TO_NUMPY:
+        problems.append(f"{onnx_path}: input '{node.name}' has unsupported type {node.type}")
+    else:
+        value_type = column_type.value_type if is_sequence else column_type
+        reason = _cast_problem(value_type, node.type)
+        if reason:
+            problems.append(
+                f"{onnx_path}: input '{node.name}' is {node.type} but column '{node.name}' "
+                f"of {samples} is {column_type}: {reason}"
+            )
+    if len(node.shape) != 1 + int(is_sequence):
+        kind = "a list" if is_sequence else "a scalar"
+        problems.append(
+            f"{onnx_path}: input '{node.name}' has rank {len(node.shape)} but column "
+            f"'{node.name}' of {samples} is {kind} column"
+        )
+    if node.shape and isinstance(node.shape[0], int):
+        problems.append(_fixed_batch_problem(onnx_path, f"input '{node.name}'", node.shape[0]))
+    return problems
+
+
+def _is_list(column_type: pa.DataType) -> bool:
+    return pa.types.is_list(column_type) or pa.types.is_large_list(column_type)
+
+
+def _cast_problem(value_type: pa.DataType, ort_type: str) -> str | None:
+    """Numbers cast to any numeric input, except floats to an integer or bool input,
+    which would silently truncate them; anything else (text, nested lists) cannot."""
+    numeric = (
+        pa.types.is_integer(value_type)
+        or pa.types.is_floating(value_type)
+        or pa.types.is_boolean(value_type)
+    )
+    if not numeric:
+        return "not numbers"
+    if pa.types.is_floating(value_type) and ort_type not in ("tensor(float)", "tensor(double)"):
+        return "floats would be truncated"
+    return None
+
+
+def _fixed_batch_problem(onnx_path: Path, what: str, size: int) -> str:
+    return (
+        f"{onnx_path}: {what} has a fixed batch size {size}; its first dimension must be "
+        "dynamic (symbolic) to score batches of any size"
+    )
+
+
+def batch_feed(
+    batch: pa.RecordBatch | pa.Table, inputs: list[ScorerInput]
+) -> dict[str, np.ndarray]:
     feed = {}
     for spec in inputs:
         column = batch.column(spec.name)
@@ -116,29 +181,49 @@ def batch_feed(batch: pa.RecordBatch, inputs: list[ScorerInput]) -> dict[str, np
     return feed
 
 
+def batch_losses(
+    session: ort.InferenceSession,
+    inputs: list[ScorerInput],
+    batch: pa.RecordBatch | pa.Table,
+    onnx_path: Path,
+    describe: Callable[[int], str],
+) -> tuple[np.ndarray, list[str]]:
+    """A batch's losses and every way they break the contract: the run fails, the shape
+    is not [batch], or the loss of a sample (named by `describe(row)`) is not finite."""
+    rows = batch.num_rows
+    try:
+        (loss,) = session.run(["loss"], batch_feed(batch, inputs))
+    # onnxruntime raises its own untyped errors; pad_lists a ValueError on a null list
+    except Exception as err:
+        return np.empty(0, np.float32), [
+            f"{onnx_path}: failed on a batch of {rows} samples from {describe(0)}: {_one_line(err)}"
+        ]
+    if loss.shape != (rows,):
+        return loss, [
+            f"{onnx_path}: output 'loss' has shape {list(loss.shape)} for a batch of "
+            f"{rows} samples; expected [{rows}]"
+        ]
+    bad = np.flatnonzero(~np.isfinite(loss))
+    return loss, [f"{onnx_path}: non-finite loss {loss[i]} for {describe(i)}" for i in bad]
+
+
 def score_batches(
     session: ort.InferenceSession,
     inputs: list[ScorerInput],
     batches: Iterable[pa.RecordBatch],
     onnx_path: Path,
 ) -> Iterator[pa.RecordBatch]:
-    """Per-sample losses for each batch, checked against the contract as they come."""
+    """Per-sample losses for each batch, checked against the contract as they come; the
+    first problem is raised."""
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        (loss,) = session.run(["loss"], batch_feed(batch, inputs))
-        if loss.shape != (batch.num_rows,):
-            raise ScorerContractError(
-                f"{onnx_path}: output 'loss' has shape {list(loss.shape)} for a batch of "
-                f"{batch.num_rows} samples; expected [{batch.num_rows}]"
-            )
         ids = batch.column("sample_id")
-        finite = np.isfinite(loss)
-        if not finite.all():
-            bad = ids[int(np.argmin(finite))]
-            raise ScorerContractError(
-                f"{onnx_path}: non-finite loss {loss[~finite][0]} for sample '{bad}'"
-            )
+        loss, problems = batch_losses(
+            session, inputs, batch, onnx_path, lambda row, ids=ids: f"sample '{ids[row]}'"
+        )
+        if problems:
+            raise ScorerContractError(problems[0])
         if "n_tokens" in batch.schema.names:
             n_tokens = batch.column("n_tokens").cast(pa.int64())
         else:
@@ -146,6 +231,10 @@ def score_batches(
         yield pa.RecordBatch.from_arrays(
             [ids, pa.array(loss.astype(np.float32)), n_tokens], schema=RAW_SCORE_SCHEMA
         )
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def score_pool(

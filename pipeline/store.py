@@ -65,6 +65,15 @@ class RunLayout:
     def trainer_dir(self) -> Path:
         return self.run_dir / "trainer"
 
+    @property
+    def trainer_pool(self) -> Path:
+        """The pool an external trainer trains on next, as Parquet shards."""
+        return self.run_dir / "trainer-pool"
+
+    def trainer_log(self, round_index: int, epoch: int, stream: str) -> Path:
+        """What an external trainer printed on `stream` (stdout, stderr) in one epoch."""
+        return self.run_dir / "logs" / f"{step_name(round_index, epoch)}.{stream}"
+
     def scorer(self, round_index: int, epoch: int) -> Path:
         return self.run_dir / "scorers" / f"{step_name(round_index, epoch)}.onnx"
 

@@ -31,8 +31,9 @@ def lineage_problems(
     """What is wrong with a (hash-verified) record relative to its parent."""
     problems = []
     if path.stem != step_name(record["round"], record["epoch"]):
-        problems.append(f"{path}: file name does not match round {record['round']} "
-                        f"epoch {record['epoch']}")
+        problems.append(
+            f"{path}: file name does not match round {record['round']} epoch {record['epoch']}"
+        )
     pool, step, tokens = record["pool"], record["step"], record["tokens"]
     if sum(pool["by_group"].values()) != pool["size"]:
         problems.append(f"{path}: pool counts per group do not add up to {pool['size']}")
@@ -41,21 +42,26 @@ def lineage_problems(
         problems.append(f"{path}: parent manifest {record['parent']} is missing from the store")
     if record["kind"] == "reset":
         if pool["size"] != record["dataset"]["samples"] or record["epoch"] != 0:
-            problems.append(f"{path}: a reset must hold all {record['dataset']['samples']} "
-                            "samples at epoch 0")
+            problems.append(
+                f"{path}: a reset must hold all {record['dataset']['samples']} samples at epoch 0"
+            )
         return problems
     if parent is None:
         return problems + [f"{path}: a prune step has no parent"]
     # Identical lineages in two runs share ids, so the parent may be read from either run.
     if (parent["round"], parent["epoch"] + 1) != (record["round"], record["epoch"]):
-        problems.append(f"{path}: parent {parent['id'][:12]} is not the previous epoch "
-                        "of the same round")
+        problems.append(
+            f"{path}: parent {parent['id'][:12]} is not the previous epoch of the same round"
+        )
     if step["scored"] != parent["pool"]["size"]:
-        problems.append(f"{path}: scored {step['scored']} samples, the parent pool has "
-                        f"{parent['pool']['size']}")
+        problems.append(
+            f"{path}: scored {step['scored']} samples, the parent pool has {parent['pool']['size']}"
+        )
     if parent["pool"]["size"] - step["dropped"] != pool["size"]:
-        problems.append(f"{path}: parent pool {parent['pool']['size']} - dropped "
-                        f"{step['dropped']} != pool {pool['size']}")
+        problems.append(
+            f"{path}: parent pool {parent['pool']['size']} - dropped "
+            f"{step['dropped']} != pool {pool['size']}"
+        )
     if sum(step["by_reason"].values()) != step["scored"]:
         problems.append(f"{path}: decisions per reason do not add up to {step['scored']}")
     for key in ("trained", "scored"):
@@ -64,8 +70,10 @@ def lineage_problems(
     grown = _pool_ids(root, record).join(_pool_ids(root, parent), on="sample_id", how="anti")
     extra = grown.head(1).collect()
     if extra.height:
-        problems.append(f"{path}: pool grew within a round: sample "
-                        f"'{extra['sample_id'][0]}' is not in the parent pool")
+        problems.append(
+            f"{path}: pool grew within a round: sample "
+            f"'{extra['sample_id'][0]}' is not in the parent pool"
+        )
     return problems
 
 

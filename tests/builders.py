@@ -49,17 +49,45 @@ def make_sum_scorer(
     input_name: str = "values",
     output_name: str = "loss",
     keep_rank: bool = False,
+    *,
+    input_type: int = TensorProto.FLOAT,
+    input_rank: int = 2,
+    loss_type: int = TensorProto.FLOAT,
+    input_batch: str | int = "batch",
+    output_batch: str | int = "batch",
+    flatten: bool = False,
+    centered: bool = False,
 ) -> Path:
-    """An ONNX scorer whose loss is the row sum of a padded list input: independent of
-    torch, so scoring is tested on its own contract."""
-    inp = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", "seq"])
-    out_shape = ["batch", 1] if keep_rank else ["batch"]
-    out = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_shape)
+    """An ONNX scorer whose loss is the row sum of a padded list input (or the value of a
+    scalar input with `input_rank=1`): independent of torch, so scoring is tested on its
+    own contract. The keyword options each break one part of the contract: the input's
+    type, a loss of another type, a fixed batch size (an int `input_batch` or
+    `output_batch`), `flatten`: every padded value as a loss (declared `[batch]`, so only
+    a run shows it), or `centered`: a loss minus its batch mean, so that a sample's loss
+    depends on its batch."""
+    seq = ["seq"] if input_rank == 2 else []
+    inp = helper.make_tensor_value_info(input_name, input_type, [input_batch, *seq])
+    out_shape = [output_batch, 1] if keep_rank else [output_batch]
+    out = helper.make_tensor_value_info(output_name, loss_type, out_shape)
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
-    node = helper.make_node(
-        "ReduceSum", [input_name, "axes"], [output_name], keepdims=int(keep_rank)
-    )
-    graph = helper.make_graph([node], "sum_scorer", [inp], [out], initializer=[axes])
+    flat = helper.make_tensor("flat", TensorProto.INT64, [1], [-1])
+    loss = "centered_input" if centered else output_name
+    nodes = [helper.make_node("Cast", [input_name], ["as_float"], to=TensorProto.FLOAT)]
+    if flatten:
+        nodes.append(helper.make_node("Reshape", ["as_float", "flat"], ["row_sum"]))
+    elif input_rank == 2:
+        nodes.append(
+            helper.make_node(
+                "ReduceSum", ["as_float", "axes"], ["row_sum"], keepdims=int(keep_rank)
+            )
+        )
+    else:
+        nodes.append(helper.make_node("Identity", ["as_float"], ["row_sum"]))
+    nodes.append(helper.make_node("Cast", ["row_sum"], [loss], to=loss_type))
+    if centered:
+        nodes.append(helper.make_node("ReduceMean", [loss], ["batch_mean"], keepdims=0))
+        nodes.append(helper.make_node("Sub", [loss, "batch_mean"], [output_name]))
+    graph = helper.make_graph(nodes, "sum_scorer", [inp], [out], initializer=[axes, flat])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from flows.inputs import prepare_inputs
-from pipeline.config import ArithmeticConfig, DataConfig, RunConfig
+from pipeline.config import ArithmeticConfig, DataConfig, RunConfig, TrainerConfig
 
 
 def small_config(**arithmetic: int) -> RunConfig:
@@ -27,3 +31,16 @@ def test_an_empty_held_out_set_means_no_evaluation() -> None:
         ),
     )
     assert prepare_inputs(config).eval_samples is None
+
+
+def test_an_external_trainer_gets_the_dataset_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "x": [[0.5], [1.5]]}), path)
+    config = replace(
+        RunConfig(),
+        data=DataConfig(path=str(path), id_column="id"),
+        trainer=TrainerConfig("train {pool}"),
+    )
+    inputs = prepare_inputs(config)
+    assert inputs.samples.column_names == ["sample_id", "group", "id", "x"]
+    assert inputs.vocabulary_json is None and inputs.eval_samples is None

@@ -60,11 +60,30 @@ def test_missing_config_file(tmp_path: Path) -> None:
         ({"epochs": 0}, "config key epochs: must be at least 1"),
         ({"policy.tighten": 1.5}, r"policy.tighten: must be in \(0, 1\]"),
         ({"data.arithmetic.eval_easy": 100}, "data.arithmetic.eval_easy"),
+        ({"trainer.command": "  ", "data.path": "d"}, "trainer.command: must not be empty"),
+        (
+            {"trainer.command": "train 'unclosed", "data.path": "d"},
+            "trainer.command: cannot be parsed: No closing quotation",
+        ),
+        ({"trainer.timeout_seconds": 0.0}, "trainer.timeout_seconds: must be positive"),
+        ({"trainer.command": "train"}, "data.path: must be set with trainer.command"),
+        (
+            {"trainer.command": "train", "data.path": "d", "data.eval_path": "e"},
+            "data.eval_path: held-out evaluation is the built-in model's",
+        ),
     ],
 )
 def test_validate_rejects_unusable_values(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         with_overrides(RunConfig(), overrides).validate()
+
+
+def test_trainer_section_maps_and_splits_like_a_shell(tmp_path: Path) -> None:
+    text = '[data]\npath = "d.parquet"\n[trainer]\ncommand = "python \'my train.py\' {pool}"\n'
+    config = load_config(write(tmp_path, text + "timeout_seconds = 60\n")).validate()
+    assert config.trainer.timeout_seconds == 60.0
+    assert config.trainer.argv() == ["python", "my train.py", "{pool}"]
+    assert RunConfig().trainer.argv() == []
 
 
 def test_none_overrides_mean_not_given() -> None:
