@@ -23,9 +23,11 @@ from pipeline.config import DataConfig, PolicyConfig, RunConfig, load_config, wi
 from pipeline.diff import counts as diff_counts
 from pipeline.diff import diff_manifests
 from pipeline.errors import ManifestNotFound, PipelineError, PrefectUnavailable, StoreError
+from pipeline.ingest import load_samples
 from pipeline.policies import POLICIES, get_policy
 from pipeline.pruning import run_manifests
 from pipeline.runs import RunInputs, is_complete, read_run_record, store_runs
+from pipeline.scorer_check import check_scorer_table
 from pipeline.shards import export_pool, summary_json
 from pipeline.standalone import prune_scores, score_dataset
 from pipeline.store import RunLayout
@@ -890,6 +892,35 @@ def prune(
             f"e{record['epoch']}): pool {record['pool']['size']:,}, dropped "
             f"{record['step']['dropped']:,}"
         )
+
+
+@cli.command("check-scorer")
+@click.argument("model", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_with_data_options
+@click.option("--rows", default=8, show_default=True, help="Samples of the trial runs.")
+@JSON_OPTION
+def check_scorer_command(
+    model: Path,
+    data: str,
+    id_column: str | None,
+    group_column: str | None,
+    rows: int,
+    as_json: bool,
+) -> None:
+    """Validate an ONNX scorer against a dataset: every input named after a column with a
+    compatible type and rank, a dynamic batch size, an output `loss` float32 [batch], and
+    finite, batch-independent losses on trial batches. Prints every problem, exits 1."""
+    table = load_samples(_data_config(data, id_column, group_column), [])
+    problems = check_scorer_table(model, table, data, rows)
+    if as_json:
+        click.echo(json.dumps({"scorer": str(model), "data": data, "problems": problems}, indent=2))
+    else:
+        for problem in problems:
+            click.echo(f"FAIL {problem}", err=True)
+        if not problems:
+            click.echo(f"OK: {model} meets the scorer contract for {data}")
+    if problems:
+        raise SystemExit(1)
 
 
 def main() -> None:

@@ -186,3 +186,14 @@ def test_scores_file_without_loss_is_named(files: dict[str, Path]) -> None:
     )
     assert result.exit_code == 1
     assert f"{scores}: column 'loss' missing from the scores file" in result.stderr
+
+
+def test_check_scorer_ok_and_every_problem_listed(files: dict[str, Path]) -> None:
+    ok = invoke("check-scorer", str(files["scorer"]), "--data", str(files["data"]), *DATA)
+    assert ok.exit_code == 0 and "meets the scorer contract" in ok.stdout
+    bad = make_sum_scorer(files["dir"] / "bad.onnx", input_name="pixels", output_name="nll")
+    result = invoke("check-scorer", str(bad), "--data", str(files["data"]), *DATA, "--json")
+    assert result.exit_code == 1
+    problems = json.loads(result.stdout)["problems"]
+    assert any("no output named 'loss'" in p for p in problems)
+    assert any("input 'pixels' has no column of that name" in p for p in problems)
