@@ -100,31 +100,44 @@ class EpochTable:
         groups = sorted(self.records[0][0]["pool"]["by_group"])
         return groups if 1 < len(groups) <= self.MAX_GROUP_COLUMNS else []
 
+    def _trainer_metric(self) -> str | None:
+        """The first metric an external trainer reports, shown in place of the built-in
+        held-out accuracy."""
+        for record, _ in self.records:
+            trainer = record["metrics"].get("trainer") or {}
+            if trainer:
+                accuracies = sorted(name for name in trainer if "acc" in name)
+                return (accuracies or sorted(trainer))[0]
+        return None
+
     def __rich__(self) -> Table:
         groups = self._groups()
+        trainer_metric = self._trainer_metric()
         table = Table(
-            title="pool per group, cumulative target tokens, held-out accuracy",
+            title="pool per group, cumulative tokens, held-out accuracy (or trainer metric)",
             title_justify="left",
             box=box.SIMPLE_HEAD,
             pad_edge=False,
             collapse_padding=True,
         )
-        headers = [
-            "step",
-            "pool",
-            *groups,
-            "drop",
-            "trained",
-            "scored",
-            *(f"acc {g}" for g in groups or ["held-out"]),
-            "sec",
-        ]
+        quality = (
+            [trainer_metric] if trainer_metric else [f"acc {g}" for g in groups or ["held-out"]]
+        )
+        headers = ["step", "pool", *groups, "drop", "trained", "scored", *quality, "sec"]
         for header in headers:
             table.add_column(header, justify="right", no_wrap=True)
         for record, seconds in self.records:
             by_group = record["pool"]["by_group"]
             accuracy = record["metrics"].get("accuracy", {})
+            trainer = record["metrics"].get("trainer") or {}
             step = record["step"] or {}
+            if trainer_metric:
+                value = trainer.get(trainer_metric)
+                cells = ["-" if value is None else f"{value:.3f}"]
+            else:
+                cells = [
+                    f"{accuracy[g]:.3f}" if g in accuracy else "-" for g in groups or [OVERALL]
+                ]
             table.add_row(
                 f"r{record['round']} e{record['epoch']}",
                 f"{record['pool']['size']:,}",
@@ -132,7 +145,7 @@ class EpochTable:
                 str(step.get("dropped", "")),
                 f"{record['tokens']['trained']:,}",
                 f"{record['tokens']['scored']:,}",
-                *(f"{accuracy[g]:.3f}" if g in accuracy else "-" for g in groups or [OVERALL]),
+                *cells,
                 f"{seconds['epoch']:.1f}" if "epoch" in seconds else "",
             )
         return table
