@@ -17,6 +17,7 @@ from prefect import flow
 from flows import tasks
 from pipeline.config import RunConfig
 from pipeline.pruning import StepInputs
+from pipeline.resume import ResumePoint
 from pipeline.runs import RunInputs
 from pipeline.store import RunLayout
 
@@ -85,6 +86,7 @@ def run_epoch(
     started = time.perf_counter()
     training = external_training if ctx.config.trainer.command else builtin_training
     trained = training(ctx, parent, round_index, epoch)
+    tasks.snapshot(ctx, round_index, epoch)
     raw_scores, scored = tasks.score(ctx, trained.scorer, parent, round_index, epoch)
     seconds = {**trained.seconds, "score": scored.seconds}
     step = StepInputs(
@@ -103,19 +105,32 @@ def run_epoch(
 
 @flow(name="stm-curation", validate_parameters=False)
 def stm_flow(
-    config: RunConfig, inputs: RunInputs | None = None, report: Reporter | None = None
+    config: RunConfig,
+    inputs: RunInputs | None = None,
+    report: Reporter | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """`inputs` may be prepared beforehand (the CLI does, to fail fast on bad data);
-    otherwise the flow prepares them from the config, as a scheduled run would."""
+    otherwise the flow prepares them from the config, as a scheduled run would. With
+    `resume`, an existing run continues after its last manifest, from the trainer state
+    that produced it, and ends with the manifests an uninterrupted run would have."""
     report = report or (lambda _: None)
-    ctx = tasks.prepare_run(config, inputs)
-    manifests: list[dict[str, Any]] = []
-    parent: dict[str, Any] | None = None
-    for round_index in range(config.rounds):
-        parent = tasks.reset(ctx, round_index, parent)
-        manifests.append(parent)
-        report(StepReport(parent))
-        for epoch in range(1, config.epochs + 1):
+    if resume:
+        ctx = tasks.open_run(config, inputs)
+        point = tasks.restore(ctx)
+    else:
+        ctx = tasks.prepare_run(config, inputs)
+        point = ResumePoint(None, [])
+    manifests = list(point.manifests)
+    for record in manifests:
+        report(StepReport(record))
+    parent = point.last
+    for round_index in range(parent["round"] if parent else 0, config.rounds):
+        if parent is None or parent["round"] != round_index:
+            parent = tasks.reset(ctx, round_index, parent)
+            manifests.append(parent)
+            report(StepReport(parent))
+        for epoch in range(parent["epoch"] + 1, config.epochs + 1):
             if parent["pool"]["size"] == 0:
                 break
             step = run_epoch(ctx, parent, round_index, epoch)

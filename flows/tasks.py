@@ -22,6 +22,13 @@ from models.trainer import TrainStats, train_epoch
 from pipeline.config import RunConfig
 from pipeline.external_trainer import ExternalTrainStats, train_external_epoch
 from pipeline.pruning import StepInputs, pool_ids, prune_step, reset_pool
+from pipeline.resume import (
+    ResumePoint,
+    check_resumable,
+    restore_trainer,
+    resume_point,
+    snapshot_trainer,
+)
 from pipeline.runs import RunInputs, create_run, mark_complete
 from pipeline.scorer_check import check_scorer, raise_if_invalid
 from pipeline.scoring import ScoreSummary, score_pool
@@ -56,6 +63,30 @@ def prepare_run(config: RunConfig, inputs: RunInputs | None) -> RunContext:
     return RunContext(
         config, layout, inputs.fingerprint, vocabulary, inputs.eval_samples is not None
     )
+
+
+@task(name="open-run", cache_policy=NO_CACHE)
+def open_run(config: RunConfig, inputs: RunInputs | None) -> RunContext:
+    """An existing run to continue, refused if its config or data changed since."""
+    inputs = inputs or prepare_inputs(config)
+    layout = RunLayout(Path(config.store), config.run_id or "")
+    check_resumable(layout, config, inputs.fingerprint)
+    vocabulary = None
+    if layout.vocabulary.exists():
+        vocabulary = Vocabulary.from_json(layout.vocabulary.read_text())
+    return RunContext(config, layout, inputs.fingerprint, vocabulary, layout.eval_samples.exists())
+
+
+@task(name="restore-trainer", cache_policy=NO_CACHE)
+def restore(ctx: RunContext) -> ResumePoint:
+    point = resume_point(ctx.layout)
+    restore_trainer(ctx.layout, point.last)
+    return point
+
+
+@task(name="snapshot-trainer", cache_policy=NO_CACHE)
+def snapshot(ctx: RunContext, round_index: int, epoch: int) -> None:
+    snapshot_trainer(ctx.layout, round_index, epoch)
 
 
 @task(name="finish", cache_policy=NO_CACHE)

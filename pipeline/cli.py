@@ -7,6 +7,8 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,8 @@ from pipeline.errors import ManifestNotFound, PipelineError, PrefectUnavailable,
 from pipeline.ingest import load_samples
 from pipeline.policies import POLICIES, get_policy
 from pipeline.pruning import run_manifests
-from pipeline.runs import RunInputs, is_complete, read_run_record, store_runs
+from pipeline.resume import check_resumable, run_lock
+from pipeline.runs import RunInputs, default_run_id, is_complete, read_run_record, store_runs
 from pipeline.scorer_check import check_scorer_table
 from pipeline.shards import export_pool, summary_json
 from pipeline.standalone import prune_scores, score_dataset
@@ -193,7 +196,13 @@ def _quiet_prefect_logs() -> None:
 @click.option("--group-column", type=str, help="Column holding each sample's group.")
 @click.option("--prompt-column", type=str, help="Prompt text column [default: prompt].")
 @click.option("--target-column", type=str, help="Target text column [default: target].")
-@click.option("--run-id", type=str, help="Name of the run [default: time and config hash].")
+@click.option(
+    "--run-id",
+    type=str,
+    help="Name of the run [default: time and config hash]; "
+    "an unfinished run of that name is resumed.",
+)
+@click.option("--resume", metavar="RUN", help="Continue the killed run RUN with its saved config.")
 @click.option("--seed", type=int, help="Seed for data, initialisation and shuffling.")
 @click.option("--rounds", type=click.IntRange(min=1), help="Rounds (pool resets).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs per round.")
@@ -201,13 +210,31 @@ def _quiet_prefect_logs() -> None:
 @click.option("--floor", type=float, help="Mastery floor of round 0 (loss, nats).")
 @click.option("--delta", type=float, help="Loss drop that counts as sharp.")
 @JSON_OPTION
-def run(config_path: Path | None, store: Path | None, as_json: bool, **flags: Any) -> None:
+def run(
+    config_path: Path | None,
+    store: Path | None,
+    resume: str | None,
+    as_json: bool,
+    **flags: Any,
+) -> None:
     """Run STM on a dataset: train, export, score, prune and write a manifest per epoch.
 
     With no options it runs the built-in arithmetic benchmark on embedded defaults with a
     local, serverless Prefect, writing under manifests/. Set PREFECT_API_URL to run
     against a Prefect server instead.
+
+    A killed run continues with `--resume RUN` (its saved config), or by running the
+    same command with the same --run-id again: finished epochs are not redone and the
+    manifests come out identical to an uninterrupted run's.
     """
+    if resume:
+        if config_path or any(value is not None for value in flags.values()):
+            raise click.UsageError("--resume takes the run's saved config: give only --store")
+        root = store or Path(RunConfig().store)
+        saved = RunLayout(root, resume).config
+        if not saved.is_file():
+            raise StoreError(f"{root}: no run {resume!r} to resume")
+        config_path, flags["run_id"] = saved, resume
     overrides = {
         "store": str(store) if store else None,
         "data.path": flags["data"],
@@ -231,8 +258,19 @@ def run(config_path: Path | None, store: Path | None, as_json: bool, **flags: An
     console = Console(stderr=as_json)
     with console.status("Preparing data"):
         inputs = prepare_inputs(config)
+    config = replace(config, run_id=config.run_id or default_run_id(config, datetime.now(UTC)))
+    layout = RunLayout(Path(config.store), config.run_id)
+    existing = layout.run_record.exists()
+    if existing and is_complete(layout):
+        console.print(
+            f"Run {config.run_id} is complete; its manifests are in {layout.manifest_dir}."
+        )
+        return
+    if existing:
+        check_resumable(layout, config, inputs.fingerprint)
     _prefect_defaults(Path(config.store))
-    _run_flow(config, inputs, console, as_json)
+    with run_lock(layout):
+        _run_flow(config, inputs, console, as_json, resume=existing)
 
 
 def _check_prefect_server() -> None:
@@ -251,7 +289,9 @@ def _check_prefect_server() -> None:
         ) from err
 
 
-def _run_flow(config: RunConfig, inputs: RunInputs, console: Console, as_json: bool) -> None:
+def _run_flow(
+    config: RunConfig, inputs: RunInputs, console: Console, as_json: bool, resume: bool
+) -> None:
     _check_prefect_server()
     from flows.stm_flow import StepReport, stm_flow
 
@@ -275,7 +315,7 @@ def _run_flow(config: RunConfig, inputs: RunInputs, console: Console, as_json: b
 
     _quiet_prefect_logs()
     with Live(Group(table, progress), console=console, refresh_per_second=4):
-        result = stm_flow(config, inputs, report=report)
+        result = stm_flow(config, inputs, report=report, resume=resume)
     final = result.manifests[-1]
     console.line()
     console.print(

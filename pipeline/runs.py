@@ -7,7 +7,7 @@ import hashlib
 import json
 import platform
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -56,11 +56,18 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def config_fingerprint(config: RunConfig) -> str:
+    """sha256 of the resolved config without where it is stored and what the run is
+    called, which change no result: a moved store or renamed run still matches."""
+    anonymous = replace(config, store=".", run_id=None)
+    return hashlib.sha256(dumps_toml(anonymous).encode()).hexdigest()
+
+
 def provenance(config: RunConfig) -> dict[str, Any]:
-    """What it takes to reproduce a run: its exact config (hash of the resolved TOML saved
-    beside it), seed, package versions and the code's git commit when known."""
+    """What it takes to reproduce a run: its exact config (the resolved TOML saved beside
+    it, and its fingerprint), seed, package versions and the code's git commit when known."""
     return {
-        "config_sha256": hashlib.sha256(dumps_toml(config).encode()).hexdigest(),
+        "config_sha256": config_fingerprint(config),
         "seed": config.seed,
         "versions": _versions(),
         "git_commit": _git_commit(),
@@ -81,6 +88,7 @@ def create_run(config: RunConfig, inputs: RunInputs, now: datetime | None = None
     """Write a new run's directory; an existing run is never overwritten."""
     now = now or datetime.now(UTC)
     run_id = config.run_id or default_run_id(config, now)
+    config = replace(config, run_id=run_id)
     layout = RunLayout(Path(config.store), run_id)
     if layout.run_record.exists():
         raise StoreError(f"{layout.run_dir}: run {run_id!r} already exists; pick another --run-id")

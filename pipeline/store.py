@@ -42,6 +42,14 @@ class RunLayout:
         return self.run_dir / "run.json"
 
     @property
+    def lock(self) -> Path:
+        return self.run_dir / ".lock"
+
+    def trainer_snapshot(self, round_index: int, epoch: int) -> Path:
+        """The trainer's directory as it was after training (round, epoch), for resume."""
+        return self.run_dir / "trainer-snapshots" / step_name(round_index, epoch)
+
+    @property
     def completion_marker(self) -> Path:
         return self.run_dir / "complete.json"
 
