@@ -130,7 +130,10 @@ def checked_scorer(ctx: RunContext, round_index: int, epoch: int) -> tuple[Path,
     anything: its path, sha256 and the seconds the check took."""
     started = time.perf_counter()
     path = ctx.layout.scorer(round_index, epoch)
-    raise_if_invalid(check_scorer(path, ctx.layout.samples))
+    problems = check_scorer(path, ctx.layout.samples)
+    if problems:
+        path.unlink(missing_ok=True)  # nothing of a refused epoch stays in the store
+    raise_if_invalid(problems)
     return path, sha256_file(path), time.perf_counter() - started
 
 

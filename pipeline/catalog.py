@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ManifestNotFound
+from pipeline.errors import ManifestIntegrityError, ManifestNotFound
 from pipeline.manifest import load_manifest
 from pipeline.store import RunLayout, list_runs
 
@@ -30,19 +30,26 @@ class Entry:
 
 @dataclass(frozen=True)
 class Catalog:
+    """The readable manifests of a store. A record that fails its id check is left out
+    and kept in `broken`, so one tampered file does not hide every other run; asking for
+    it, or for a lineage through it, fails with its error (`verify` reports them all)."""
+
     root: Path
     entries: tuple[Entry, ...]
+    broken: tuple[ManifestIntegrityError, ...] = ()
 
     @classmethod
     def load(cls, root: Path, runs: list[str] | None = None) -> Catalog:
-        """Every manifest of the store (or of `runs`), each checked against its id."""
-        entries = []
+        entries, broken = [], []
         for run_id in runs if runs is not None else list_runs(root):
             layout = RunLayout(root, run_id)
             for path in layout.manifest_dir.glob("*.json"):
-                entries.append(Entry(load_manifest(path), path))
+                try:
+                    entries.append(Entry(load_manifest(path), path))
+                except ManifestIntegrityError as err:
+                    broken.append(err)
         entries.sort(key=lambda e: (e.record["run"], e.step))
-        return cls(root, tuple(entries))
+        return cls(root, tuple(entries), tuple(broken))
 
     def by_run(self, run_id: str) -> list[Entry]:
         found = [e for e in self.entries if e.record["run"] == run_id]
@@ -69,7 +76,17 @@ class Catalog:
         runs = [e for e in self.entries if e.record["run"] == ref]
         if runs:
             return runs[-1]
-        raise ManifestNotFound(f"{self.root}: no manifest or run matches {ref!r}")
+        raise ManifestNotFound(
+            f"{self.root}: no manifest or run matches {ref!r}{self._broken_hint()}"
+        )
+
+    def _broken_hint(self) -> str:
+        if not self.broken:
+            return ""
+        return (
+            f" ({len(self.broken)} manifest(s) failed their id check, the first: "
+            f"{self.broken[0]}; see `stm manifests verify --all`)"
+        )
 
     def by_id(self, manifest_id: str) -> Entry | None:
         for entry in self.entries:
@@ -84,7 +101,8 @@ class Catalog:
             parent = self.by_id(chain[-1].record["parent"])
             if parent is None:
                 raise ManifestNotFound(
-                    f"{chain[-1].path}: parent {chain[-1].record['parent']} is not in the store"
+                    f"{chain[-1].path}: parent {chain[-1].record['parent']} is not in the "
+                    f"store{self._broken_hint()}"
                 )
             chain.append(parent)
         return chain[::-1]

@@ -20,8 +20,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import StoreError
-from pipeline.manifest import encode_record
+from pipeline.errors import ManifestIntegrityError, StoreError
+from pipeline.manifest import encode_record, pool_hash_of_frame
 from pipeline.store import RunLayout, iter_samples_subset, sha256_file
 
 # Columns the built-in model adds to the sample table; they are not the user's data.
@@ -85,7 +85,12 @@ def export_pool(
     if out.exists():
         raise StoreError(f"{out}: already exists; export into a new directory")
     columns = dataset_columns(pq.read_schema(layout.samples))
-    ids = pl.read_parquet(layout.resolve(record["pool"]["path"]), columns=["sample_id"])
+    pool_file = layout.resolve(record["pool"]["path"])
+    ids = pl.read_parquet(pool_file, columns=["sample_id"])
+    if pool_hash_of_frame(ids) != record["pool"]["sha256"]:
+        raise ManifestIntegrityError(
+            f"{pool_file}: ids do not match the pool hash of manifest {record['id'][:12]}"
+        )
     size = rows_per_shard_for(ids.height, shards, rows_per_shard)
     scanner = iter_samples_subset(
         layout.samples, ids["sample_id"].to_arrow(), columns, SCAN_BATCH_ROWS
@@ -105,6 +110,9 @@ def export_pool(
         listed = [*names, "_manifest.json"]
         sums = "".join(f"{sha256_file(staging / n)}  {n}\n" for n in listed)
         (staging / "_SHA256SUMS").write_text(sums)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; shards are to share
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

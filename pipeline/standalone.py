@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from pipeline.catalog import Catalog
 from pipeline.config import DataConfig, PolicyConfig, RunConfig
 from pipeline.deltas import SCORE_SCHEMA, with_loss_deltas
-from pipeline.errors import DatasetError
+from pipeline.errors import DatasetError, ManifestIntegrityError
 from pipeline.ingest import dataset_fingerprint, load_samples
 from pipeline.pruning import StepInputs, record_pruning, reset_pool
 from pipeline.runs import RunInputs, create_run
@@ -108,6 +108,11 @@ def prune_scores(
     else:
         raise DatasetError("prune needs --parent ID, or --run NAME with --data DATA")
     round_index, epoch = parent["round"], parent["epoch"] + 1
+    if layout.manifest(round_index, epoch).exists():
+        raise ManifestIntegrityError(
+            f"{layout.manifest(round_index, epoch)}: manifest {parent['id'][:12]} already has "
+            "a next step; prune only after a run's latest manifest"
+        )
     frame = _conform(read_scores(scores), round_index, epoch, scores)
     scores_path = layout.scores(round_index, epoch)
     with atomic_path(scores_path) as tmp:

@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import ManifestIntegrityError
-from pipeline.manifest import load_manifest, verify_manifest
+from pipeline.manifest import group_counts, load_manifest, verify_manifest
 from pipeline.store import RunLayout, list_runs, step_name
 
 
@@ -37,9 +37,17 @@ def lineage_problems(
     pool, step, tokens = record["pool"], record["step"], record["tokens"]
     if sum(pool["by_group"].values()) != pool["size"]:
         problems.append(f"{path}: pool counts per group do not add up to {pool['size']}")
+    problems += _recount_pool(root, path, record)
     parent = records.get(record["parent"]) if record["parent"] else None
     if record["parent"] and parent is None:
-        problems.append(f"{path}: parent manifest {record['parent']} is missing from the store")
+        return problems + [
+            f"{path}: parent manifest {record['parent']} is missing from the store or "
+            "failed its own check"
+        ]
+    if parent is not None:
+        own = RunLayout(root, record["run"]).manifest(parent["round"], parent["epoch"])
+        if not own.is_file():
+            problems.append(f"{path}: its parent's manifest {own} is missing from its run")
     if record["kind"] == "reset":
         if pool["size"] != record["dataset"]["samples"] or record["epoch"] != 0:
             problems.append(
@@ -48,6 +56,7 @@ def lineage_problems(
         return problems
     if parent is None:
         return problems + [f"{path}: a prune step has no parent"]
+    problems += _recount_decisions(root, path, record, parent)
     # Identical lineages in two runs share ids, so the parent may be read from either run.
     if (parent["round"], parent["epoch"] + 1) != (record["round"], record["epoch"]):
         problems.append(
@@ -74,6 +83,49 @@ def lineage_problems(
             f"{path}: pool grew within a round: sample "
             f"'{extra['sample_id'][0]}' is not in the parent pool"
         )
+    return problems
+
+
+def _recount_pool(root: Path, path: Path, record: dict[str, Any]) -> list[str]:
+    """The pool's counts per group, recomputed from the pool file."""
+    pool = pl.read_parquet(root / record["pool"]["path"], columns=["sample_id", "group"])
+    recounted = group_counts(pool)
+    if recounted != record["pool"]["by_group"]:
+        return [
+            f"{path}: pool.by_group {record['pool']['by_group']} but the pool file "
+            f"holds {recounted}"
+        ]
+    return []
+
+
+def _recount_decisions(
+    root: Path, path: Path, record: dict[str, Any], parent: dict[str, Any]
+) -> list[str]:
+    """The step's counts recomputed from its decisions file, which must cover exactly the
+    parent's pool and keep exactly the new pool, with the losses of the scores file."""
+    step = record["step"]
+    decisions = pl.read_parquet(root / step["decisions"]["path"])
+    scores = pl.read_parquet(root / step["scores"]["path"], columns=["sample_id", "loss"])
+    dropped = decisions.filter(~pl.col("keep"))
+    problems = []
+    recounted = {
+        "by_reason": group_counts(decisions, "reason"),
+        "dropped": dropped.height,
+        "dropped_by_group": group_counts(dropped),
+    }
+    for key, value in recounted.items():
+        if step[key] != value:
+            problems.append(f"{path}: step.{key} {step[key]} but the decisions hold {value}")
+    parent_ids = pl.read_parquet(root / parent["pool"]["path"], columns=["sample_id"])
+    pool_ids = pl.read_parquet(root / record["pool"]["path"], columns=["sample_id"])
+    if not decisions["sample_id"].sort().equals(parent_ids["sample_id"].sort()):
+        problems.append(f"{path}: the decisions do not cover exactly the parent's pool")
+    kept = decisions.filter(pl.col("keep"))["sample_id"].sort()
+    if not kept.equals(pool_ids["sample_id"].sort()):
+        problems.append(f"{path}: the samples kept by the decisions are not the pool")
+    joined = decisions.join(scores, on="sample_id", how="left", suffix="_scored")
+    if joined.filter(pl.col("loss") != pl.col("loss_scored")).height:
+        problems.append(f"{path}: decisions and scores disagree on losses")
     return problems
 
 

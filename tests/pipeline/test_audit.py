@@ -12,7 +12,7 @@ import pytest
 from pipeline.catalog import Catalog
 from pipeline.config import PolicyConfig
 from pipeline.diff import counts, diff_manifests
-from pipeline.errors import ManifestNotFound, StoreError
+from pipeline.errors import ManifestIntegrityError, ManifestNotFound, StoreError
 from pipeline.manifest import encode_record, with_id
 from pipeline.shards import export_pool, read_checksums
 from pipeline.store import sha256_file
@@ -172,3 +172,33 @@ def make_layout_for(store: Path, entry):
     from pipeline.store import RunLayout
 
     return RunLayout(store, entry.record["run"])
+
+
+def test_verify_recounts_from_the_files(store: Path) -> None:
+    """Counts edited into a record (with a recomputed id) do not match the files."""
+    path = store / "runs" / "stm-run" / "manifests" / "r00-e002.json"
+    record = json.loads(path.read_text())
+    step = {**record["step"], "by_reason": {"learning": 6}, "dropped_by_group": {"hard": 2}}
+    path.write_bytes(encode_record(with_id({**record, "step": step})))
+    _, problems = verify_store(store, [path])
+    assert any("step.by_reason {'learning': 6} but the decisions hold" in p for p in problems)
+    assert any("step.dropped_by_group {'hard': 2}" in p for p in problems)
+
+
+def test_one_broken_manifest_does_not_hide_other_runs(store: Path) -> None:
+    path = store / "runs" / "stm-run" / "manifests" / "r01-e001.json"
+    path.write_text(path.read_text().replace('"round": 1', '"round": 7'))
+    catalog = Catalog.load(store)
+    assert catalog.find("std-run").record["run"] == "std-run"
+    with pytest.raises(ManifestNotFound, match=r"failed their id check"):
+        catalog.chain(catalog.find("stm-run"))
+
+
+def test_export_refuses_a_pool_file_that_does_not_match(store: Path, tmp_path: Path) -> None:
+    entry = Catalog.load(store).find("stm-run:0:2")
+    pl.DataFrame({"sample_id": ["s001"], "group": ["hard"]}).write_parquet(
+        store / entry.record["pool"]["path"]
+    )
+    with pytest.raises(ManifestIntegrityError, match=r"ids do not match the pool hash"):
+        export_pool(make_layout_for(store, entry), entry.record, tmp_path / "o", "parquet")
+    assert not (tmp_path / "o").exists()

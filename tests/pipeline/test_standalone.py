@@ -197,3 +197,38 @@ def test_check_scorer_ok_and_every_problem_listed(files: dict[str, Path]) -> Non
     problems = json.loads(result.stdout)["problems"]
     assert any("no output named 'loss'" in p for p in problems)
     assert any("input 'pixels' has no column of that name" in p for p in problems)
+
+
+def test_prune_after_a_step_that_has_a_successor_is_refused(files: dict[str, Path]) -> None:
+    scores = files["dir"] / "s.parquet"
+    pl.DataFrame({"sample_id": [f"s{i:03d}" for i in range(6)], "loss": [1.0] * 6}).write_parquet(
+        scores
+    )
+    first = json.loads(
+        invoke(
+            "prune",
+            "--scores",
+            str(scores),
+            "--run",
+            "r",
+            "--data",
+            str(files["data"]),
+            *DATA,
+            "--store",
+            str(files["store"]),
+            "--json",
+        ).stdout
+    )
+    reset = invoke("manifests", "show", "r:0:0", "--json", "--store", str(files["store"]))
+    result = invoke(
+        "prune",
+        "--scores",
+        str(scores),
+        "--parent",
+        json.loads(reset.stdout)["id"],
+        "--store",
+        str(files["store"]),
+    )
+    assert result.exit_code == 1 and "already has a next step" in result.stderr
+    assert invoke("manifests", "verify", "--all", "--store", str(files["store"])).exit_code == 0
+    assert first["epoch"] == 1
