@@ -150,7 +150,8 @@ def _read_saved_hf_dataset(directory: Path) -> pa.Table:
 
 def _dataset_files(path: str) -> list[Path]:
     """The files a path names: a file, the supported files of a directory (sorted, not
-    recursive) or the matches of a glob pattern (sorted)."""
+    recursive; names starting with `_` or `.` are metadata, as for pyarrow and Spark, so
+    an `stm export` directory reads back) or the matches of a glob pattern (sorted)."""
     if any(char in path for char in "*?["):
         files = sorted(Path(match) for match in glob.glob(path) if Path(match).is_file())
         if not files:
@@ -159,7 +160,9 @@ def _dataset_files(path: str) -> list[Path]:
         files = sorted(
             file
             for file in Path(path).iterdir()
-            if file.is_file() and file.suffix.lower() in SUPPORTED_SUFFIXES
+            if file.is_file()
+            and file.suffix.lower() in SUPPORTED_SUFFIXES
+            and not file.name.startswith(("_", "."))
         )
         if not files:
             raise DatasetError(f"{path}: directory holds no {'/'.join(SUPPORTED_SUFFIXES)} file")
