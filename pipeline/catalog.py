@@ -64,7 +64,9 @@ class Catalog:
             for entry in self.by_run(run_id):
                 if f"{entry.step[0]}:{entry.step[1]}" == f"{round_text}:{epoch_text}":
                     return entry
-            raise ManifestNotFound(f"{self.root}: run {run_id!r} has no step {ref!r}")
+            raise ManifestNotFound(
+                f"{self.root}: run {run_id!r} has no step {ref!r}{self._broken_hint()}"
+            )
         matches = {e.id: e for e in self.entries if e.id.startswith(ref)}
         if len(matches) == 1:
             return next(iter(matches.values()))

@@ -3,6 +3,7 @@ consume the output, and one clear line (no traceback) for any pipeline error."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,13 @@ from pipeline.catalog import Catalog, Entry
 from pipeline.config import DataConfig, PolicyConfig, RunConfig, load_config, with_overrides
 from pipeline.diff import counts as diff_counts
 from pipeline.diff import diff_manifests
-from pipeline.errors import ManifestNotFound, PipelineError, PrefectUnavailable, StoreError
+from pipeline.errors import (
+    ConfigError,
+    ManifestNotFound,
+    PipelineError,
+    PrefectUnavailable,
+    StoreError,
+)
 from pipeline.ingest import load_samples
 from pipeline.policies import POLICIES, get_policy
 from pipeline.pruning import run_manifests
@@ -48,6 +55,10 @@ STORE_OPTION = click.option(
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
+# A full, read-only or forbidden store: the user's to fix, so one line, not a traceback.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
 class StmGroup(click.Group):
     """Turns every pipeline error into click's one-line `Error: ...` and exit code 1: a
     user mistake never shows a traceback."""
@@ -57,6 +68,11 @@ class StmGroup(click.Group):
             return super().invoke(ctx)
         except PipelineError as err:
             raise click.ClickException(str(err)) from err
+        except OSError as err:
+            if err.errno not in STORAGE_ERRNOS:
+                raise
+            # Writes are atomic, so a full or read-only disk leaves no half-written file.
+            raise click.ClickException(f"{err.filename}: {err.strerror}") from err
 
 
 @click.group(cls=StmGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -251,7 +267,11 @@ def run(
         "policy.floor": flags["floor"],
         "policy.delta": flags["delta"],
     }
-    config = with_overrides(load_config(config_path), overrides).validate()
+    try:
+        config = with_overrides(load_config(config_path), overrides).validate()
+    except ConfigError as err:
+        located = config_path and not str(err).startswith(str(config_path))
+        raise ConfigError(f"{config_path}: {err}" if located else str(err)) from err
     get_policy(config.policy.name)
     from flows.inputs import prepare_inputs
 

@@ -54,7 +54,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """The built-in character-level model: a GRU (as in the method's experiments) or a
-    tiny causal transformer."""
+    tiny causal transformer. `max_len` is the longest prompt + target (in characters) a
+    sample may have; the transformer's learned positions stop there too."""
 
     arch: Literal["gru", "transformer"] = "gru"
     embed_dim: int = 32

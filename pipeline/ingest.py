@@ -36,6 +36,7 @@ GROUP = "group"
 DEFAULT_GROUP = "all"
 SUPPORTED_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 CONTENT_ID_HEX_CHARS = 16
+JSON_MIN_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,11 @@ def _read_file(file: Path, string_columns: Sequence[str]) -> pa.Table:
             options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in string_columns})
             table = pa_csv.read_csv(file, convert_options=options)
         else:
-            table = pa_json.read_json(file)
+            # A block must hold a whole line: size it to the file so one long sample reads.
+            block = max(JSON_MIN_BLOCK_BYTES, file.stat().st_size + 1)
+            table = pa_json.read_json(file, read_options=pa_json.ReadOptions(block_size=block))
+        # Full validation catches what readers let through, such as invalid UTF-8 text.
+        table.validate(full=True)
     except (pa.ArrowException, OSError) as err:
         raise DatasetError(f"{file}: cannot read as {suffix[1:]}: {_one_line(err)}") from err
     return table.replace_schema_metadata(None)
