@@ -161,7 +161,7 @@ def test_bad_data_fails_before_orchestration_starts(tmp_path: Path, monkeypatch)
     def no_flow(*args, **kwargs):
         raise AssertionError("the flow must not start on bad data")
 
-    monkeypatch.setattr("pipeline.cli._run_flow", no_flow)
+    monkeypatch.setattr("pipeline.cli.run._run_flow", no_flow)
     data = tmp_path / "dup.jsonl"
     data.write_text('{"id": 1, "prompt": "1+1=", "target": "2"}\n' * 2)
     result = invoke("run", "--data", str(data), "--id-column", "id", "--store", str(tmp_path))

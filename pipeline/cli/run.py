@@ -1,0 +1,374 @@
+"""`stm run` and `stm runs`: run STM through the Prefect flow with a live table, resume a
+killed run, list the runs of a store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.cli.app import (
+    JSON_OPTION,
+    STORE_OPTION,
+    cli,
+)
+from pipeline.config import RunConfig, load_config, with_overrides
+from pipeline.errors import (
+    ConfigError,
+    PrefectUnavailable,
+    StoreError,
+)
+from pipeline.policies import POLICIES, get_policy
+from pipeline.pruning import run_manifests
+from pipeline.resume import check_resumable, run_lock
+from pipeline.runs import RunInputs, default_run_id, is_complete, read_run_record, store_runs
+from pipeline.store import RunLayout
+
+# Held-out accuracy over all groups: the key models.evaluate reports it under.
+OVERALL = "_overall"
+
+
+def _prefect_defaults(store: Path) -> None:
+    """Run Prefect in-process with its state under the store, not the user's home, unless
+    the user points it at a server or a home of their own."""
+    if "PREFECT_API_URL" not in os.environ:
+        os.environ.setdefault("PREFECT_HOME", str((store / ".prefect").resolve()))
+        # Prefect creates its home without parents: a new store would have none.
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first start migrates a new database: on a busy 2-core machine that can take
+    # longer than Prefect's default 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+class EpochTable:
+    """The live table of a run, one row per step. Groups get a column each (pool size and
+    held-out accuracy) when there are few enough to read; otherwise totals only."""
+
+    MAX_GROUP_COLUMNS = 4
+
+    def __init__(self) -> None:
+        self.records: list[tuple[dict[str, Any], dict[str, float]]] = []
+
+    def add(self, record: dict[str, Any], seconds: dict[str, float]) -> None:
+        self.records.append((record, seconds))
+
+    def _groups(self) -> list[str]:
+        if not self.records:
+            return []
+        groups = sorted(self.records[0][0]["pool"]["by_group"])
+        return groups if 1 < len(groups) <= self.MAX_GROUP_COLUMNS else []
+
+    def _trainer_metric(self) -> str | None:
+        """The first metric an external trainer reports, shown in place of the built-in
+        held-out accuracy."""
+        for record, _ in self.records:
+            trainer = record["metrics"].get("trainer") or {}
+            if trainer:
+                accuracies = sorted(name for name in trainer if "acc" in name)
+                return (accuracies or sorted(trainer))[0]
+        return None
+
+    def __rich__(self) -> Table:
+        groups = self._groups()
+        trainer_metric = self._trainer_metric()
+        table = Table(
+            title="pool per group, cumulative tokens, held-out accuracy (or trainer metric)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        quality = (
+            [trainer_metric] if trainer_metric else [f"acc {g}" for g in groups or ["held-out"]]
+        )
+        headers = ["step", "pool", *groups, "drop", "trained", "scored", *quality, "sec"]
+        for header in headers:
+            table.add_column(header, justify="right", no_wrap=True)
+        for record, seconds in self.records:
+            by_group = record["pool"]["by_group"]
+            accuracy = record["metrics"].get("accuracy", {})
+            trainer = record["metrics"].get("trainer") or {}
+            step = record["step"] or {}
+            if trainer_metric:
+                value = trainer.get(trainer_metric)
+                cells = ["-" if value is None else f"{value:.3f}"]
+            else:
+                cells = [
+                    f"{accuracy[g]:.3f}" if g in accuracy else "-" for g in groups or [OVERALL]
+                ]
+            table.add_row(
+                f"r{record['round']} e{record['epoch']}",
+                f"{record['pool']['size']:,}",
+                *(f"{by_group.get(g, 0):,}" for g in groups),
+                str(step.get("dropped", "")),
+                f"{record['tokens']['trained']:,}",
+                f"{record['tokens']['scored']:,}",
+                *cells,
+                f"{seconds['epoch']:.1f}" if "epoch" in seconds else "",
+            )
+        return table
+
+
+def manifest_summary(record: dict[str, Any]) -> dict[str, Any]:
+    step = record["step"] or {}
+    return {
+        "id": record["id"],
+        "round": record["round"],
+        "epoch": record["epoch"],
+        "pool": record["pool"]["size"],
+        "pool_by_group": record["pool"]["by_group"],
+        "dropped": step.get("dropped", 0),
+        "dropped_by_reason": {k: v for k, v in step.get("by_reason", {}).items()},
+        "tokens_trained": record["tokens"]["trained"],
+        "tokens_scored": record["tokens"]["scored"],
+        "accuracy": record["metrics"].get("accuracy", {}),
+    }
+
+
+def _quiet_prefect_logs() -> None:
+    """A failed task is reported once, by the CLI, as one line: Prefect's own traceback
+    logging of the same error would bury it."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (see configs/); flags below override its keys.",
+)
+@STORE_OPTION
+@click.option(
+    "--data",
+    type=str,
+    help="Dataset: Parquet/JSONL/CSV file, directory or glob, "
+    "or a `datasets` save_to_disk directory [default: built-in arithmetic].",
+)
+@click.option("--eval-data", type=str, help="Held-out set for accuracy (same formats).")
+@click.option("--id-column", type=str, help="Column holding sample ids [default: content hash].")
+@click.option("--group-column", type=str, help="Column holding each sample's group.")
+@click.option("--prompt-column", type=str, help="Prompt text column [default: prompt].")
+@click.option("--target-column", type=str, help="Target text column [default: target].")
+@click.option(
+    "--run-id",
+    type=str,
+    help="Name of the run [default: time and config hash]; "
+    "an unfinished run of that name is resumed.",
+)
+@click.option("--resume", metavar="RUN", help="Continue the killed run RUN with its saved config.")
+@click.option("--seed", type=int, help="Seed for data, initialisation and shuffling.")
+@click.option("--rounds", type=click.IntRange(min=1), help="Rounds (pool resets).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs per round.")
+@click.option("--policy", type=click.Choice(sorted(POLICIES)), help="Pruning policy.")
+@click.option("--floor", type=float, help="Mastery floor of round 0 (loss, nats).")
+@click.option("--delta", type=float, help="Loss drop that counts as sharp.")
+@JSON_OPTION
+def run(
+    config_path: Path | None,
+    store: Path | None,
+    resume: str | None,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Run STM on a dataset: train, export, score, prune and write a manifest per epoch.
+
+    With no options it runs the built-in arithmetic benchmark on embedded defaults with a
+    local, serverless Prefect, writing under manifests/. Set PREFECT_API_URL to run
+    against a Prefect server instead.
+
+    A killed run continues with `--resume RUN` (its saved config), or by running the
+    same command with the same --run-id again: finished epochs are not redone and the
+    manifests come out identical to an uninterrupted run's.
+    """
+    if resume:
+        if config_path or any(value is not None for value in flags.values()):
+            raise click.UsageError("--resume takes the run's saved config: give only --store")
+        root = store or Path(RunConfig().store)
+        saved = RunLayout(root, resume).config
+        if not saved.is_file():
+            raise StoreError(f"{root}: no run {resume!r} to resume")
+        config_path, flags["run_id"] = saved, resume
+    overrides = {
+        "store": str(store) if store else None,
+        "data.path": flags["data"],
+        "data.eval_path": flags["eval_data"],
+        "data.id_column": flags["id_column"],
+        "data.group_column": flags["group_column"],
+        "data.prompt_column": flags["prompt_column"],
+        "data.target_column": flags["target_column"],
+        "run_id": flags["run_id"],
+        "seed": flags["seed"],
+        "rounds": flags["rounds"],
+        "epochs": flags["epochs"],
+        "policy.name": flags["policy"],
+        "policy.floor": flags["floor"],
+        "policy.delta": flags["delta"],
+    }
+    try:
+        config = with_overrides(load_config(config_path), overrides).validate()
+    except ConfigError as err:
+        located = config_path and not str(err).startswith(str(config_path))
+        raise ConfigError(f"{config_path}: {err}" if located else str(err)) from err
+    get_policy(config.policy.name)
+    from flows.inputs import prepare_inputs
+
+    console = Console(stderr=as_json)
+    with console.status("Preparing data"):
+        inputs = prepare_inputs(config)
+    config = replace(config, run_id=config.run_id or default_run_id(config, datetime.now(UTC)))
+    layout = RunLayout(Path(config.store), config.run_id)
+    existing = layout.run_record.exists()
+    if existing and is_complete(layout):
+        console.print(
+            f"Run {config.run_id} is complete; its manifests are in {layout.manifest_dir}."
+        )
+        return
+    if existing:
+        check_resumable(layout, config, inputs.fingerprint)
+    _prefect_defaults(Path(config.store))
+    with run_lock(layout):
+        _run_flow(config, inputs, console, as_json, resume=existing)
+
+
+def _check_prefect_server() -> None:
+    """With PREFECT_API_URL set, fail in one line if nobody answers there, rather than
+    with Prefect's traceback after the data is prepared."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as err:
+        raise PrefectUnavailable(
+            f"PREFECT_API_URL={url}: Prefect server not reachable ({err})"
+        ) from err
+
+
+def _run_flow(
+    config: RunConfig, inputs: RunInputs, console: Console, as_json: bool, resume: bool
+) -> None:
+    _check_prefect_server()
+    from flows.stm_flow import StepReport, stm_flow
+
+    table = EpochTable()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    where = "Prefect server" if os.environ.get("PREFECT_API_URL") else "local Prefect"
+    bar = progress.add_task(f"starting ({where})", total=config.rounds * config.epochs)
+
+    def report(step: StepReport) -> None:
+        record = step.record
+        if record["kind"] == "prune":
+            progress.advance(bar)
+        progress.update(bar, description=f"round {record['round']} epoch {record['epoch']}")
+        table.add(record, step.seconds)
+
+    _quiet_prefect_logs()
+    with Live(Group(table, progress), console=console, refresh_per_second=4):
+        result = stm_flow(config, inputs, report=report, resume=resume)
+    final = result.manifests[-1]
+    console.line()
+    console.print(
+        f"Manifests of run [bold]{result.layout.run_id}[/] are in "
+        f"{result.layout.manifest_dir} (final pool {final['pool']['size']} of "
+        f"{final['dataset']['samples']}, manifest {final['id'][:12]})."
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "run": result.layout.run_id,
+                    "store": str(result.layout.root),
+                    "run_dir": str(result.layout.run_dir),
+                    "manifests": [manifest_summary(r) for r in result.manifests],
+                },
+                indent=2,
+            )
+        )
+
+
+@cli.command()
+@STORE_OPTION
+@JSON_OPTION
+def runs(store: Path | None, as_json: bool) -> None:
+    """List the runs in a store, with the state of their latest manifest."""
+    root = store or Path(RunConfig().store)
+    rows = []
+    for layout in store_runs(root):
+        record = read_run_record(layout)
+        manifests = run_manifests(layout)
+        last = manifests[-1] if manifests else None
+        rows.append(
+            {
+                "run": layout.run_id,
+                "created": record["created"],
+                "status": "complete" if is_complete(layout) else "incomplete",
+                "policy": record["policy"],
+                "seed": record["seed"],
+                "source": record["dataset"]["source"],
+                "samples": record["dataset"]["samples"],
+                "steps": len(manifests),
+                "last_round": last["round"] if last else None,
+                "last_epoch": last["epoch"] if last else None,
+                "pool": last["pool"]["size"] if last else None,
+                "tokens_trained": last["tokens"]["trained"] if last else 0,
+                "tokens_scored": last["tokens"]["scored"] if last else 0,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"No runs in {root}.")
+        return
+    table = Table(title=f"Runs in {root}", title_justify="left")
+    for name in (
+        "run",
+        "created",
+        "status",
+        "policy",
+        "seed",
+        "source",
+        "last (r, e)",
+        "pool",
+        "tokens trained",
+        "tokens scored",
+    ):
+        table.add_column(name)
+    for row in rows:
+        table.add_row(
+            row["run"],
+            row["created"],
+            row["status"],
+            row["policy"],
+            str(row["seed"]),
+            row["source"],
+            f"({row['last_round']}, {row['last_epoch']})",
+            f"{row['pool']} / {row['samples']}",
+            f"{row['tokens_trained']:,}",
+            f"{row['tokens_scored']:,}",
+        )
+    Console().print(table)
