@@ -7,6 +7,7 @@ import json
 import shlex
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,11 @@ def test_a_trainer_that_runs_too_long_is_stopped_with_its_children(tmp_path: Pat
     )
     with pytest.raises(TrainerError, match=r"timed out after 5 s at round 0 epoch 1: epoch 1"):
         run(tmp_path, command, timeout=5.0)
-    assert not is_running(int(pid_file.read_text()))
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously
+    while is_running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not is_running(child)
 
 
 def is_running(pid: int) -> bool:
