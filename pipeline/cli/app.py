@@ -4,6 +4,7 @@ options, and one clear line (no traceback) for any pipeline or storage error."""
 from __future__ import annotations
 
 import errno
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,21 @@ def with_data_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(DATA_OPTIONS):
         command = option(command)
     return command
+
+
+def report_problems(
+    payload: dict[str, Any], problems: list[str], ok_message: str, as_json: bool
+) -> None:
+    """Checks report every problem, one `FAIL` line each (or JSON), and exit 1 if any."""
+    if as_json:
+        click.echo(json.dumps({**payload, "problems": problems}, indent=2))
+    else:
+        for problem in problems:
+            click.echo(f"FAIL {problem}", err=True)
+        if not problems:
+            click.echo(ok_message)
+    if problems:
+        raise SystemExit(1)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from pipeline.cli.app import (
     JSON_OPTION,
     STORE_OPTION,
     cli,
+    report_problems,
     store_root,
 )
 from pipeline.diff import counts as diff_counts
@@ -327,15 +328,9 @@ def manifests_verify(
     else:
         paths = [_find_path(root, ref)]
     checked, problems = verify_store(root, paths)
-    if as_json:
-        click.echo(json.dumps({"checked": checked, "problems": problems}, indent=2))
-    else:
-        for problem in problems:
-            click.echo(f"FAIL {problem}", err=True)
-        if not problems:
-            click.echo(f"OK: {checked} manifest(s) in {root} verified")
-    if problems:
-        raise SystemExit(1)
+    report_problems(
+        {"checked": checked}, problems, f"OK: {checked} manifest(s) in {root} verified", as_json
+    )
 
 
 def _find_path(root: Path, ref: str) -> Path:

@@ -16,6 +16,7 @@ from pipeline.cli.app import (
     STORE_OPTION,
     cli,
     data_config,
+    report_problems,
     store_root,
     with_data_options,
 )
@@ -202,12 +203,9 @@ def check_scorer_command(
     finite, batch-independent losses on trial batches. Prints every problem, exits 1."""
     table = load_samples(data_config(data, id_column, group_column), [])
     problems = check_scorer_table(model, table, data, rows)
-    if as_json:
-        click.echo(json.dumps({"scorer": str(model), "data": data, "problems": problems}, indent=2))
-    else:
-        for problem in problems:
-            click.echo(f"FAIL {problem}", err=True)
-        if not problems:
-            click.echo(f"OK: {model} meets the scorer contract for {data}")
-    if problems:
-        raise SystemExit(1)
+    report_problems(
+        {"scorer": str(model), "data": data},
+        problems,
+        f"OK: {model} meets the scorer contract for {data}",
+        as_json,
+    )
