@@ -4,6 +4,7 @@ the lineage chain of parents from a run's first reset to any manifest."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +91,12 @@ class Catalog:
             f"{self.broken[0]}; see `stm manifests verify --all`)"
         )
 
+    @cached_property
+    def _by_id(self) -> dict[str, Entry]:
+        return {entry.id: entry for entry in self.entries}
+
     def by_id(self, manifest_id: str) -> Entry | None:
-        for entry in self.entries:
-            if entry.id == manifest_id:
-                return entry
-        return None
+        return self._by_id.get(manifest_id)
 
     def chain(self, entry: Entry) -> list[Entry]:
         """The manifests from the root of `entry`'s lineage to `entry`, oldest first."""

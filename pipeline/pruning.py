@@ -114,17 +114,23 @@ def reset_pool(
     return _write_manifest(layout, record)
 
 
+def write_scores(
+    raw: Path, previous: pl.LazyFrame | None, round_index: int, epoch: int, out: Path
+) -> None:
+    """Write a scores file atomically: raw losses joined to the previous pass, sorted by
+    sample_id so identical scores give identical bytes."""
+    scores = with_loss_deltas(pl.scan_parquet(raw), previous, round_index, epoch)
+    with atomic_path(out) as tmp:
+        scores.sort("sample_id").sink_parquet(tmp)
+
+
 def _scored_with_deltas(layout: RunLayout, step: StepInputs) -> Path:
-    """Write the scores file of this step: raw losses joined to the previous pass."""
+    """Write the scores file of this step, joined to the previous pass of its round."""
     previous = None
     if step.epoch > 1:
         previous = pl.scan_parquet(layout.scores(step.round_index, step.epoch - 1))
-    scores = with_loss_deltas(
-        pl.scan_parquet(step.raw_scores), previous, step.round_index, step.epoch
-    ).sort("sample_id")
     path = layout.scores(step.round_index, step.epoch)
-    with atomic_path(path) as tmp:
-        scores.sink_parquet(tmp)
+    write_scores(step.raw_scores, previous, step.round_index, step.epoch, path)
     step.raw_scores.unlink(missing_ok=True)
     return path
 

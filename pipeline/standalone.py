@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 
 from pipeline.catalog import Catalog
 from pipeline.config import DataConfig, PolicyConfig, RunConfig
-from pipeline.deltas import SCORE_SCHEMA, with_loss_deltas
+from pipeline.deltas import SCORE_SCHEMA
 from pipeline.errors import DatasetError, ManifestIntegrityError
 from pipeline.ingest import dataset_fingerprint, load_samples
-from pipeline.pruning import StepInputs, record_pruning, reset_pool
+from pipeline.pruning import StepInputs, record_pruning, reset_pool, write_scores
 from pipeline.runs import RunInputs, create_run
 from pipeline.scoring import ScoreSummary, score_pool
 from pipeline.store import RunLayout, atomic_path, sha256_file, write_bytes_atomic
@@ -43,9 +43,7 @@ def score_dataset(
         pq.write_table(samples, table_path)
         summary = score_pool(scorer, table_path, ids, raw, batch_size, threads)
         prior = read_scores(previous).lazy() if previous else None
-        scores = with_loss_deltas(pl.scan_parquet(raw), prior, round_index, epoch)
-        with atomic_path(out) as tmp:
-            scores.sort("sample_id").sink_parquet(tmp)
+        write_scores(raw, prior, round_index, epoch, out)
     return summary
 
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import click
-import polars as pl
 from rich.console import Console
 
 from pipeline.catalog import Catalog
@@ -24,8 +23,10 @@ from pipeline.cli.run import manifest_summary
 from pipeline.config import PolicyConfig, RunConfig
 from pipeline.ingest import load_samples
 from pipeline.policies import POLICIES
+from pipeline.pruning import pool_ids
 from pipeline.scorer_check import check_scorer_table
 from pipeline.standalone import prune_scores, score_dataset
+from pipeline.store import RunLayout
 
 
 @cli.command("score")
@@ -71,19 +72,17 @@ def score(
 ) -> None:
     """Score a dataset with your own ONNX scorer: one row per sample with loss,
     loss_prev, delta, rel_delta and n_tokens, streamed through onnxruntime."""
-    pool_ids = None
+    ids = None
     if pool_ref:
         entry = Catalog.load(store_root(store)).find(pool_ref)
-        pool_ids = pl.read_parquet(
-            store_root(store) / entry.record["pool"]["path"], columns=["sample_id"]
-        )["sample_id"].to_arrow()
+        ids = pool_ids(RunLayout(store_root(store), entry.record["run"]), entry.record)
     with Console(stderr=True).status("Scoring"):
         summary = score_dataset(
             scorer,
             data_config(data, id_column, group_column),
             out,
             prev,
-            pool_ids,
+            ids,
             round_index,
             epoch,
             batch_size,
