@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows import tasks
+from flows import artifacts, tasks
 from pipeline.config import RunConfig
 from pipeline.pruning import StepInputs
 from pipeline.resume import ResumePoint
@@ -111,10 +111,26 @@ def stm_flow(
     resume: bool = False,
 ) -> RunResult:
     """`inputs` may be prepared beforehand (the CLI does, to fail fast on bad data);
-    otherwise the flow prepares them from the config, as a scheduled run would. With
-    `resume`, an existing run continues after its last manifest, from the trainer state
-    that produced it, and ends with the manifests an uninterrupted run would have."""
+    otherwise the flow prepares them from the config. With `resume`, an existing run
+    continues after its last manifest, from the trainer state that produced it, and ends
+    with the manifests an uninterrupted run would have."""
+    return curate(config, inputs, report, resume)
+
+
+def curate(
+    config: RunConfig,
+    inputs: RunInputs | None = None,
+    report: Reporter | None = None,
+    resume: bool = False,
+) -> RunResult:
+    """The rounds and epochs of a run, for any flow that runs one: every step's manifest
+    is also published as a Prefect artifact, and the run's summary at the end."""
     report = report or (lambda _: None)
+
+    def done(step: StepReport) -> None:
+        artifacts.publish_step(ctx.layout, step.record)
+        report(step)
+
     if resume:
         ctx = tasks.open_run(config, inputs)
         point = tasks.restore(ctx)
@@ -129,13 +145,14 @@ def stm_flow(
         if parent is None or parent["round"] != round_index:
             parent = tasks.reset(ctx, round_index, parent)
             manifests.append(parent)
-            report(StepReport(parent))
+            done(StepReport(parent))
         for epoch in range(parent["epoch"] + 1, config.epochs + 1):
             if parent["pool"]["size"] == 0:
                 break
             step = run_epoch(ctx, parent, round_index, epoch)
             parent = step.record
             manifests.append(parent)
-            report(step)
+            done(step)
     tasks.finish(ctx, manifests[-1])
+    artifacts.publish_summary(ctx.layout, manifests)
     return RunResult(ctx.layout, manifests)

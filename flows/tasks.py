@@ -4,6 +4,7 @@ the same name between epochs, and every step already writes its own durable outp
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
 
 from flows.inputs import prepare_inputs
 from models.charset import Vocabulary
@@ -20,6 +23,7 @@ from models.evaluate import evaluate
 from models.export import export_scorer
 from models.trainer import TrainStats, train_epoch
 from pipeline.config import RunConfig
+from pipeline.errors import PipelineError
 from pipeline.external_trainer import ExternalTrainStats, train_external_epoch
 from pipeline.pruning import StepInputs, pool_ids, prune_step, reset_pool
 from pipeline.resume import (
@@ -35,6 +39,38 @@ from pipeline.scoring import ScoreSummary, score_pool
 from pipeline.store import RunLayout, read_samples_subset, sha256_file, temporary_sibling
 
 TRAIN_COLUMNS = ["sample_id", "tokens", "loss_mask", "n_tokens"]
+
+# A full or read-only disk, or a missing file, fails the same way on every try.
+PERMANENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EDQUOT,
+    errno.ENOENT,
+}
+
+
+def transient_io(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry only what may pass on a second try: an I/O hiccup (a network file system, the
+    Prefect API). A pipeline error (bad data, bad scorer, changed config) is final."""
+    try:
+        state.result()
+    except PipelineError:
+        return False
+    except OSError as err:
+        return err.errno not in PERMANENT_ERRNOS
+    except Exception:
+        return False
+    return False
+
+
+# No task has tags: Prefect checks tag concurrency limits on the API for every tagged task
+# run, which stalled each one by about 2 s here (46 s -> 124 s for configs/tiny.toml).
+# Only the steps that read or write files (or talk to the API) retry; a failed training
+# or scoring pass would fail again the same way. Every step's writes are atomic and
+# idempotent, so a retried step leaves the store as one clean try would.
+IO = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": transient_io}
 
 
 @dataclass(frozen=True)
@@ -53,7 +89,7 @@ def shuffle_seed(seed: int, round_index: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, round_index, epoch]).generate_state(1)[0])
 
 
-@task(name="prepare", cache_policy=NO_CACHE)
+@task(name="prepare", cache_policy=NO_CACHE, **IO)
 def prepare_run(config: RunConfig, inputs: RunInputs | None) -> RunContext:
     inputs = inputs or prepare_inputs(config)
     layout = create_run(config, inputs)
@@ -65,7 +101,7 @@ def prepare_run(config: RunConfig, inputs: RunInputs | None) -> RunContext:
     )
 
 
-@task(name="open-run", cache_policy=NO_CACHE)
+@task(name="open-run", cache_policy=NO_CACHE, **IO)
 def open_run(config: RunConfig, inputs: RunInputs | None) -> RunContext:
     """An existing run to continue, refused if its config or data changed since."""
     inputs = inputs or prepare_inputs(config)
@@ -77,29 +113,43 @@ def open_run(config: RunConfig, inputs: RunInputs | None) -> RunContext:
     return RunContext(config, layout, inputs.fingerprint, vocabulary, layout.eval_samples.exists())
 
 
-@task(name="restore-trainer", cache_policy=NO_CACHE)
+@task(name="restore-trainer", cache_policy=NO_CACHE, **IO)
 def restore(ctx: RunContext) -> ResumePoint:
     point = resume_point(ctx.layout)
     restore_trainer(ctx.layout, point.last)
     return point
 
 
-@task(name="snapshot-trainer", cache_policy=NO_CACHE)
+@task(
+    name="snapshot-trainer",
+    task_run_name="snapshot r{round_index} e{epoch}",
+    cache_policy=NO_CACHE,
+    **IO,
+)
 def snapshot(ctx: RunContext, round_index: int, epoch: int) -> None:
     snapshot_trainer(ctx.layout, round_index, epoch)
 
 
-@task(name="finish", cache_policy=NO_CACHE)
+@task(name="finish", task_run_name="finish", cache_policy=NO_CACHE, **IO)
 def finish(ctx: RunContext, final: dict[str, Any]) -> None:
     mark_complete(ctx.layout, final)
 
 
-@task(name="reset-pool", cache_policy=NO_CACHE)
+@task(
+    name="reset-pool",
+    task_run_name="reset r{round_index}",
+    cache_policy=NO_CACHE,
+    **IO,
+)
 def reset(ctx: RunContext, round_index: int, parent: dict[str, Any] | None) -> dict[str, Any]:
     return reset_pool(ctx.layout, round_index, parent, ctx.config.policy, ctx.fingerprint)
 
 
-@task(name="train", cache_policy=NO_CACHE)
+@task(
+    name="train",
+    task_run_name="train r{round_index} e{epoch}",
+    cache_policy=NO_CACHE,
+)
 def train(ctx: RunContext, parent: dict[str, Any], round_index: int, epoch: int) -> TrainStats:
     pool = read_samples_subset(ctx.layout.samples, pool_ids(ctx.layout, parent), TRAIN_COLUMNS)
     config = ctx.config
@@ -114,7 +164,11 @@ def train(ctx: RunContext, parent: dict[str, Any], round_index: int, epoch: int)
     )
 
 
-@task(name="train-external", cache_policy=NO_CACHE)
+@task(
+    name="train-external",
+    task_run_name="train (external) r{round_index} e{epoch}",
+    cache_policy=NO_CACHE,
+)
 def train_external(
     ctx: RunContext, parent: dict[str, Any], round_index: int, epoch: int
 ) -> ExternalTrainStats:
@@ -124,7 +178,11 @@ def train_external(
     )
 
 
-@task(name="check-scorer", cache_policy=NO_CACHE)
+@task(
+    name="check-scorer",
+    task_run_name="check scorer r{round_index} e{epoch}",
+    cache_policy=NO_CACHE,
+)
 def checked_scorer(ctx: RunContext, round_index: int, epoch: int) -> tuple[Path, str, float]:
     """A scorer written by someone else, checked against the contract before it scores
     anything: its path, sha256 and the seconds the check took."""
@@ -137,7 +195,11 @@ def checked_scorer(ctx: RunContext, round_index: int, epoch: int) -> tuple[Path,
     return path, sha256_file(path), time.perf_counter() - started
 
 
-@task(name="export-scorer", cache_policy=NO_CACHE)
+@task(
+    name="export-scorer",
+    task_run_name="export scorer r{round_index} e{epoch}",
+    cache_policy=NO_CACHE,
+)
 def export(ctx: RunContext, round_index: int, epoch: int) -> tuple[Path, str, float]:
     started = time.perf_counter()
     path = ctx.layout.scorer(round_index, epoch)
@@ -146,7 +208,7 @@ def export(ctx: RunContext, round_index: int, epoch: int) -> tuple[Path, str, fl
     return path, digest, time.perf_counter() - started
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
 def held_out_accuracy(ctx: RunContext) -> tuple[dict[str, float], float]:
     if not ctx.has_eval:
         return {}, 0.0
@@ -162,7 +224,11 @@ def held_out_accuracy(ctx: RunContext) -> tuple[dict[str, float], float]:
     return accuracy, time.perf_counter() - started
 
 
-@task(name="score", cache_policy=NO_CACHE)
+@task(
+    name="score",
+    task_run_name="score r{round_index} e{epoch}",
+    cache_policy=NO_CACHE,
+)
 def score(
     ctx: RunContext, scorer: Path, parent: dict[str, Any], round_index: int, epoch: int
 ) -> tuple[Path, ScoreSummary]:
@@ -179,6 +245,11 @@ def score(
     return raw, summary
 
 
-@task(name="prune", cache_policy=NO_CACHE)
+@task(
+    name="prune",
+    task_run_name="prune r{step.round_index} e{step.epoch}",
+    cache_policy=NO_CACHE,
+    **IO,
+)
 def prune(ctx: RunContext, parent: dict[str, Any], step: StepInputs) -> dict[str, Any]:
     return prune_step(ctx.layout, parent, step, ctx.config.policy)

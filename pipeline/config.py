@@ -4,10 +4,14 @@ passed down; the resolved config is saved with every run so it can be replayed."
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import re
 import shlex
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -116,7 +120,9 @@ class TrainerConfig:
         try:
             return shlex.split(self.command)
         except ValueError as err:
-            raise ConfigError(f"config key trainer.command: cannot be parsed: {err}") from err
+            raise ConfigError(
+                f"config key trainer.command: cannot be parsed: {err}", key="trainer.command"
+            ) from err
 
 
 @dataclass(frozen=True)
@@ -135,77 +141,179 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Reject values no run could use, naming the key; returns self to allow chaining."""
-        checks = [
-            (self.rounds >= 1, "rounds", "must be at least 1"),
-            (self.epochs >= 1, "epochs", "must be at least 1"),
-            (self.train.batch_size >= 1, "train.batch_size", "must be at least 1"),
-            (self.train.lr > 0, "train.lr", "must be positive"),
-            (self.train.threads >= 1, "train.threads", "must be at least 1"),
-            (self.scoring.batch_size >= 1, "scoring.batch_size", "must be at least 1"),
-            (self.scoring.threads >= 1, "scoring.threads", "must be at least 1"),
-            (self.policy.delta >= 0, "policy.delta", "must be non-negative"),
-            (self.policy.floor >= 0, "policy.floor", "must be non-negative"),
-            (0 < self.policy.tighten <= 1, "policy.tighten", "must be in (0, 1]"),
-            (
-                self.model.hidden_dim % self.model.heads == 0 or self.model.arch == "gru",
-                "model.hidden_dim",
-                "must be divisible by model.heads for a transformer",
-            ),
-            (
-                self.data.arithmetic.n_easy + self.data.arithmetic.n_hard >= 1,
-                "data.arithmetic.n_easy",
-                "n_easy + n_hard must be at least 1",
-            ),
-            (
-                0 <= self.data.arithmetic.eval_easy < 100,
-                "data.arithmetic.eval_easy",
-                "must leave some of the 100 single-digit problems for training",
-            ),
-            (
-                2 <= self.data.arithmetic.hard_min_digits <= self.data.arithmetic.hard_max_digits,
-                "data.arithmetic.hard_min_digits",
-                "must be >= 2 and <= hard_max_digits",
-            ),
-        ]
-        for ok, key, message in checks + self._trainer_checks():
-            if not ok:
-                raise ConfigError(f"config key {key}: {message}")
+        for key, message in self._problems():
+            raise ConfigError(f"config key {key}: {message}", key=key)
         return self
 
-    def _trainer_checks(self) -> list[tuple[bool, str, str]]:
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        """(dotted key, what is wrong) for each unusable value, top-level keys first. A
+        check that would divide by a value comes after the check of that value."""
+        for key, value in _float_values(self):
+            if not math.isfinite(value):
+                yield key, f"must be a finite number, got {_toml_value(value)}"
+        if not 0 <= self.seed <= MAX_SEED:
+            yield "seed", "must be between 0 and 2**63 - 1"
+        yield from _at_least(1, rounds=self.rounds, epochs=self.epochs)
+        if not self.store.strip():
+            yield "store", "must not be empty"
+        if self.run_id is not None and not RUN_ID_PATTERN.fullmatch(self.run_id):
+            yield (
+                "run_id",
+                f"{self.run_id!r} must be letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit (it names a directory)",
+            )
+        yield from self._data_problems()
+        yield from self._model_problems()
+        yield from _at_least(
+            1,
+            **{
+                "train.batch_size": self.train.batch_size,
+                "train.threads": self.train.threads,
+                "scoring.batch_size": self.scoring.batch_size,
+                "scoring.threads": self.scoring.threads,
+            },
+        )
+        if not self.train.lr > 0:
+            yield "train.lr", "must be positive"
+        yield from self._policy_problems()
+        yield from self._trainer_problems()
+
+    def _data_problems(self) -> Iterator[tuple[str, str]]:
+        arithmetic = self.data.arithmetic
+        yield from _at_least(
+            0,
+            **{
+                "data.arithmetic.n_easy": arithmetic.n_easy,
+                "data.arithmetic.n_hard": arithmetic.n_hard,
+                "data.arithmetic.eval_easy": arithmetic.eval_easy,
+                "data.arithmetic.eval_hard": arithmetic.eval_hard,
+            },
+        )
+        if arithmetic.n_easy + arithmetic.n_hard < 1:
+            yield "data.arithmetic.n_easy", "n_easy + n_hard must be at least 1"
+        if not arithmetic.eval_easy < 100:
+            yield (
+                "data.arithmetic.eval_easy",
+                "must leave some of the 100 single-digit problems for training",
+            )
+        if not 2 <= arithmetic.hard_min_digits <= arithmetic.hard_max_digits:
+            yield "data.arithmetic.hard_min_digits", "must be >= 2 and <= hard_max_digits"
+
+    def _model_problems(self) -> Iterator[tuple[str, str]]:
+        model = self.model
+        sizes = {
+            "model.embed_dim": model.embed_dim,
+            "model.hidden_dim": model.hidden_dim,
+            "model.layers": model.layers,
+            "model.heads": model.heads,
+            "model.max_len": model.max_len,
+        }
+        too_small = list(_at_least(1, **sizes))
+        yield from too_small
+        if not too_small and model.arch == "transformer" and model.hidden_dim % model.heads:
+            yield "model.hidden_dim", "must be divisible by model.heads for a transformer"
+
+    def _policy_problems(self) -> Iterator[tuple[str, str]]:
+        # Imported here: the policies module builds on this one (PolicyConfig).
+        from pipeline.policies import POLICIES
+
+        policy = self.policy
+        if policy.name not in POLICIES:
+            yield (
+                "policy.name",
+                f"unknown policy {_toml_value(policy.name)}"
+                f"{_did_you_mean(policy.name, POLICIES, _toml_value)} "
+                f"(known: {', '.join(sorted(POLICIES))})",
+            )
+        if not policy.delta >= 0:
+            yield "policy.delta", "must be non-negative"
+        elif policy.delta_mode == "relative" and policy.delta > 1:
+            yield (
+                "policy.delta",
+                'must be at most 1 with delta_mode = "relative": it is a fraction of '
+                "loss_prev, and a loss cannot fall by more than all of it",
+            )
+        if not policy.floor > 0:
+            yield (
+                "policy.floor",
+                "must be positive: losses are not negative, so a floor at 0 would drop "
+                'nothing (policy "standard" keeps every sample)',
+            )
+        if not 0 < policy.tighten <= 1:
+            yield "policy.tighten", "must be in (0, 1]"
+
+    def _trainer_problems(self) -> Iterator[tuple[str, str]]:
         trainer = self.trainer
         external = trainer.command is not None
-        return [
-            (not external or bool(trainer.argv()), "trainer.command", "must not be empty"),
-            (
-                trainer.timeout_seconds is None or trainer.timeout_seconds > 0,
-                "trainer.timeout_seconds",
-                "must be positive",
-            ),
-            (
-                not external or self.data.path is not None,
+        if external and not trainer.argv():
+            yield "trainer.command", "must not be empty"
+        if trainer.timeout_seconds is not None and not trainer.timeout_seconds > 0:
+            yield "trainer.timeout_seconds", "must be positive"
+        if external and self.data.path is None:
+            yield (
                 "data.path",
                 "must be set with trainer.command: the built-in benchmark is for the "
                 "built-in model",
-            ),
-            (
-                not external or self.data.eval_path is None,
+            )
+        if external and self.data.eval_path is not None:
+            yield (
                 "data.eval_path",
                 "held-out evaluation is the built-in model's; an external trainer reports "
                 "its own metrics in metrics.json",
-            ),
-        ]
+            )
+
+
+# Torch seeds its generators from a signed 64-bit integer, as large as TOML's.
+MAX_SEED = 2**63 - 1
+# A run id names a directory under runs/ and is part of manifest references (RUN:R:E).
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _at_least(minimum: int, **values: int) -> Iterator[tuple[str, str]]:
+    for key, value in values.items():
+        if value < minimum:
+            yield key, f"must be at least {minimum}, got {value}"
+
+
+def _float_values(config: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _float_values(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{f.name}", value
 
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# What each scalar annotation is called in an error, in TOML's words.
+_EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _toml_value(value: Any) -> str:
+    """A value as it is written in TOML (`true`, `"3"`, `nan`), as the user typed it."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def _did_you_mean(name: str, known: Any, quote: Callable[[str], str] = repr) -> str:
+    """`, did you mean X?` for the closest of `known` to a misspelt `name`, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f", did you mean {quote(close[0])}?" if close else ""
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check one TOML value against its dataclass annotation, building nested sections."""
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key {key}: expected a table, got {value!r}")
+            raise ConfigError(
+                f"config key {key}: expected a table [{key}], got {_toml_value(value)}", key=key
+            )
         return from_dict(annotation, value, prefix=f"{key}.")
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -215,16 +323,44 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"config key {key}: {value!r} is not one of {choices}")
+        if not isinstance(value, str) or value not in args:
+            choices = ", ".join(_toml_value(a) for a in args)
+            hint = _did_you_mean(value, args, _toml_value) if isinstance(value, str) else ""
+            raise ConfigError(
+                f"config key {key}: {_toml_value(value)} is not one of {choices}{hint}", key=key
+            )
         return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if annotation in (int, float, str, bool):
-        if type(value) is not annotation:
-            raise ConfigError(f"config key {key}: expected {annotation.__name__}, got {value!r}")
+    if annotation in _EXPECTED and type(value) is not annotation:
+        got = _toml_value(value)
+        if annotation is int and isinstance(value, float) and value.is_integer():
+            got += f" (write {int(value)} for a whole number)"
+        raise ConfigError(f"config key {key}: expected {_EXPECTED[annotation]}, got {got}", key=key)
     return value
+
+
+def config_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key a config file may set, tables included (`policy`, `policy.floor`)."""
+    keys = []
+    for name, annotation in _field_types(cls).items():
+        keys.append(f"{prefix}{name}")
+        if dataclasses.is_dataclass(annotation):
+            keys += config_keys(annotation, f"{prefix}{name}.")
+    return keys
+
+
+def _unknown_key_message(prefix: str, name: str, known: list[str]) -> str:
+    """Name the key and the likeliest one meant: the same name in another table (a key in
+    the wrong section), else a close spelling in this table."""
+    table = f" in [{prefix.rstrip('.')}]" if prefix else ""
+    tables = [key.rpartition(".")[0] for key in config_keys() if key.rpartition(".")[2] == name]
+    if tables:
+        where = " or ".join(f"[{t}]" if t else "at the top level" for t in tables)
+        hint = f", did you mean {name!r} {'in ' if tables[0] else ''}{where}?"
+    else:
+        hint = _did_you_mean(name, known)
+    return f"unknown config key {prefix}{name}{hint} (known{table}: {', '.join(known)})"
 
 
 def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
@@ -232,8 +368,9 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     hints = _field_types(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        known = ", ".join(sorted(hints))
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {known})")
+        raise ConfigError(
+            _unknown_key_message(prefix, unknown[0], sorted(hints)), key=prefix + unknown[0]
+        )
     kwargs = {name: _coerce(v, hints[name], f"{prefix}{name}") for name, v in values.items()}
     return cls(**kwargs)
 
@@ -243,15 +380,38 @@ def load_config(path: Path | None) -> RunConfig:
     if path is None:
         return RunConfig()
     try:
-        values = tomllib.loads(Path(path).read_text())
+        values = tomllib.loads(Path(path).read_bytes().decode())
     except FileNotFoundError as err:
         raise ConfigError(f"{path}: config file not found") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text, as TOML must be ({err.reason} at byte {err.start})"
+        ) from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err.strerror}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from err
     try:
         return from_dict(RunConfig, values)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
+        raise ConfigError(f"{path}: {err}", key=err.key) from err
+
+
+def resolve_config(
+    path: Path | None, overrides: dict[str, Any], option_names: Mapping[str, str]
+) -> RunConfig:
+    """The config file with the given overrides applied, validated. An unusable value is
+    blamed on where it came from: the option that set it (`--floor -1: config key
+    policy.floor: ...`), else the file."""
+    config = with_overrides(load_config(path), overrides)
+    try:
+        return config.validate()
+    except ConfigError as err:
+        if overrides.get(err.key or "") is not None and err.key in option_names:
+            source = f"{option_names[err.key]} {overrides[err.key]}"
+        else:
+            source = str(path) if path else None
+        raise ConfigError(f"{source}: {err}" if source else str(err), key=err.key) from err
 
 
 def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:

@@ -9,7 +9,12 @@ class PipelineError(Exception):
 
 
 class ConfigError(PipelineError):
-    """A config file, key or value is invalid."""
+    """A config file, key or value is invalid. `key` is the dotted key at fault, when there
+    is one, so a caller can say whether the file or an override set it."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DatasetError(PipelineError):

@@ -5,8 +5,10 @@ it without a shell and reads back what it left; the pipeline never imports a tra
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,6 +32,8 @@ POOL_SHARD_ROWS = 250_000
 METRICS_FILE = "metrics.json"
 # Enough of the end of stderr for its last line, however long the log grew.
 STDERR_TAIL_BYTES = 16_384
+
+log = logging.getLogger("stm.trainer")
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,12 @@ def run_trainer(trainer: TrainerConfig, call: TrainerCall, stdout: Path, stderr:
     for directory in (call.workdir, call.scorer.parent, stdout.parent, stderr.parent):
         directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    log.info(
+        "round %d epoch %d: trainer started: %s",
+        call.round_index,
+        call.epoch,
+        shlex.join(argv),
+    )
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         try:
             # Its own process group, so that a timeout or an interrupt stops the trainer's
@@ -128,7 +138,15 @@ def run_trainer(trainer: TrainerConfig, call: TrainerCall, stdout: Path, stderr:
         raise _failure(trainer, call, what, stderr)
     if not call.scorer.is_file():
         raise _failure(trainer, call, f"wrote no scorer to {call.scorer}", stderr)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    log.info(
+        "round %d epoch %d: trainer finished in %.1f s (log: %s)",
+        call.round_index,
+        call.epoch,
+        seconds,
+        stdout,
+    )
+    return seconds
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -199,6 +217,13 @@ def train_external_epoch(
     shutil.rmtree(layout.trainer_pool, ignore_errors=True)
     exported = export_pool(
         layout, parent, layout.trainer_pool, "parquet", rows_per_shard=POOL_SHARD_ROWS
+    )
+    log.info(
+        "round %d epoch %d: pool of %s samples written for the trainer in %d shard(s)",
+        round_index,
+        epoch,
+        f"{exported.rows:,}",
+        len(exported.shards),
     )
     call = TrainerCall(
         pool=layout.trainer_pool.resolve(),

@@ -11,6 +11,7 @@ import bisect
 import glob
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ DEFAULT_GROUP = "all"
 SUPPORTED_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 CONTENT_ID_HEX_CHARS = 16
 JSON_MIN_BLOCK_BYTES = 1 << 20
+# Files a directory may hold beside its data that are worth naming when ignored.
+NAMED_IGNORED_FILES = 3
+
+log = logging.getLogger("stm.ingest")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,13 @@ def load_samples(data: DataConfig, required_columns: Sequence[str]) -> pa.Table:
         if name == output
     ]
     original = table.drop_columns(replaced)
+    log.info(
+        "%s: %s samples from %d file(s), %d group(s)",
+        data.path,
+        f"{table.num_rows:,}",
+        len(origins.files),
+        len(pc.unique(groups)),
+    )
     return original.add_column(0, SAMPLE_ID, sample_ids).add_column(1, GROUP, groups)
 
 
@@ -115,6 +127,11 @@ def _read_dataset(path: str, string_columns: Sequence[str]) -> tuple[pa.Table, _
         table = _read_saved_hf_dataset(Path(path))
         return table, _RowOrigins(files=(path,), starts=(0,))
     parts = [(str(file), _read_file(file, string_columns)) for file in _dataset_files(path)]
+    for file, table in parts:
+        if table.num_rows:
+            log.debug("%s: read %s rows", file, f"{table.num_rows:,}")
+        else:
+            log.info("%s: skipped, it has no rows", file)
     parts = [(file, table) for file, table in parts if table.num_rows > 0]
     if not parts:
         return pa.table({}), _RowOrigins(files=(path,), starts=(0,))
@@ -165,6 +182,7 @@ def _dataset_files(path: str) -> list[Path]:
             and file.suffix.lower() in SUPPORTED_SUFFIXES
             and not file.name.startswith(("_", "."))
         )
+        _log_ignored(Path(path), files)
         if not files:
             raise DatasetError(f"{path}: directory holds no {'/'.join(SUPPORTED_SUFFIXES)} file")
     elif Path(path).is_file():
@@ -178,6 +196,27 @@ def _dataset_files(path: str) -> list[Path]:
                 f"(expected one of {', '.join(SUPPORTED_SUFFIXES)})"
             )
     return files
+
+
+def _log_ignored(directory: Path, files: list[Path]) -> None:
+    """Say which files of a data directory were left out: a stray file the user meant as
+    data should not vanish silently. Metadata (`_`, `.`) only at debug level."""
+    others = sorted(p.name for p in directory.iterdir() if p.is_file() and p not in files)
+    metadata = [name for name in others if name.startswith(("_", "."))]
+    unsupported = [name for name in others if not name.startswith(("_", "."))]
+    if metadata:
+        log.debug("%s: ignored metadata file(s) %s", directory, ", ".join(metadata))
+    if unsupported:
+        named = ", ".join(unsupported[:NAMED_IGNORED_FILES])
+        more = len(unsupported) - NAMED_IGNORED_FILES
+        log.info(
+            "%s: ignored %d file(s) not of type %s: %s%s",
+            directory,
+            len(unsupported),
+            "/".join(SUPPORTED_SUFFIXES),
+            named,
+            f" and {more} more" if more > 0 else "",
+        )
 
 
 def _read_file(file: Path, string_columns: Sequence[str]) -> pa.Table:

@@ -4,6 +4,7 @@ the surviving pool and its manifest, each written atomically. The logic itself l
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from pipeline.store import (
     write_immutable,
     write_parquet_atomic,
 )
+
+log = logging.getLogger("stm.pruning")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,13 @@ def reset_pool(
         "metrics": {},
         "reproduce": _reproduce(layout),
     }
+    floor = record["policy"]["params"].get("floor")
+    log.info(
+        "round %d: pool reset to all %s samples%s",
+        round_index,
+        f"{samples.height:,}",
+        "" if floor is None else f", mastery floor {floor:g}",
+    )
     return _write_manifest(layout, record)
 
 
@@ -130,6 +140,8 @@ def _scored_with_deltas(layout: RunLayout, step: StepInputs) -> Path:
     if step.epoch > 1:
         previous = pl.scan_parquet(layout.scores(step.round_index, step.epoch - 1))
     path = layout.scores(step.round_index, step.epoch)
+    if path.exists() and not step.raw_scores.exists():
+        return path  # a retried step whose scores were written before it failed
     write_scores(step.raw_scores, previous, step.round_index, step.epoch, path)
     step.raw_scores.unlink(missing_ok=True)
     return path
@@ -196,6 +208,7 @@ def record_pruning(
     decisions_path = layout.decisions(step.round_index, step.epoch)
     write_parquet_atomic(decided.to_arrow(), decisions_path)
     dropped = decided.filter(~pl.col("keep"))
+    _log_step(step, decided, dropped)
     tokens = parent["tokens"]
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -233,6 +246,26 @@ def record_pruning(
         "reproduce": _reproduce(layout),
     }
     return _write_manifest(layout, record)
+
+
+def _log_step(step: StepInputs, decided: pl.DataFrame, dropped: pl.DataFrame) -> None:
+    """One line per pruning step: how many left and why, and why the others stayed."""
+    kept = decided.filter(pl.col("keep"))
+
+    def reasons(frame: pl.DataFrame) -> str:
+        counts = group_counts(frame, "reason")
+        return ", ".join(f"{reason} {count:,}" for reason, count in counts.items()) or "none"
+
+    log.info(
+        "round %d epoch %d: dropped %s of %s (%s); kept %s (%s)",
+        step.round_index,
+        step.epoch,
+        f"{dropped.height:,}",
+        f"{decided.height:,}",
+        reasons(dropped),
+        f"{kept.height:,}",
+        reasons(kept),
+    )
 
 
 def run_manifests(layout: RunLayout) -> list[dict[str, Any]]:

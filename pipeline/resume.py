@@ -5,6 +5,7 @@ manifests (same ids) as an uninterrupted run; a lock keeps two processes off one
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ from pipeline.runs import config_fingerprint, read_run_record
 from pipeline.store import RunLayout, step_name
 
 SNAPSHOTS_KEPT = 2
+
+log = logging.getLogger("stm.resume")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,17 @@ def check_resumable(layout: RunLayout, config: RunConfig, fingerprint: str) -> N
 
 def resume_point(layout: RunLayout) -> ResumePoint:
     manifests = run_manifests(layout)
-    return ResumePoint(manifests[-1] if manifests else None, manifests)
+    last = manifests[-1] if manifests else None
+    if last is None:
+        log.info("run %s: no manifest written yet, resuming from the start", layout.run_id)
+    else:
+        log.info(
+            "run %s: resuming after step %s (%d manifest(s) kept)",
+            layout.run_id,
+            step_name(last["round"], last["epoch"]),
+            len(manifests),
+        )
+    return ResumePoint(last, manifests)
 
 
 def snapshot_trainer(layout: RunLayout, round_index: int, epoch: int) -> None:
@@ -107,5 +120,7 @@ def restore_trainer(layout: RunLayout, last: dict[str, Any] | None) -> None:
     shutil.rmtree(layout.trainer_dir, ignore_errors=True)
     if wanted is None:
         layout.trainer_dir.mkdir(parents=True, exist_ok=True)
+        log.info("run %s: trainer starts afresh", layout.run_id)
     else:
         shutil.copytree(wanted, layout.trainer_dir)
+        log.info("run %s: trainer state restored from snapshot %s", layout.run_id, wanted.name)

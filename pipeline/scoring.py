@@ -13,6 +13,7 @@ violation at once; scoring raises the first it meets.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from pipeline.store import atomic_path, iter_samples_subset
 RAW_SCORE_SCHEMA = pa.schema(
     [("sample_id", pa.string()), ("loss", pa.float32()), ("n_tokens", pa.int64())]
 )
+
+log = logging.getLogger("stm.scoring")
 
 _ORT_TO_NUMPY = {
     "tensor(int64)": np.int64,
@@ -244,8 +247,10 @@ def score_pool(
     out_path: Path,
     batch_size: int,
     threads: int,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ScoreSummary:
-    """Score every sample of the pool and write (sample_id, loss, n_tokens) atomically."""
+    """Score every sample of the pool and write (sample_id, loss, n_tokens) atomically;
+    `on_progress` is told how many samples each batch scored."""
     started = time.perf_counter()
     session = open_scorer(onnx_path, threads)
     schema = pq.read_schema(samples)
@@ -263,4 +268,8 @@ def score_pool(
             writer.write_batch(scored)
             rows += scored.num_rows
             tokens += pc.sum(scored.column("n_tokens")).as_py() or 0
-    return ScoreSummary(rows, tokens, time.perf_counter() - started)
+            if on_progress is not None:
+                on_progress(scored.num_rows)
+    seconds = time.perf_counter() - started
+    log.debug("%s: scored %s samples in %.2f s", onnx_path, f"{rows:,}", seconds)
+    return ScoreSummary(rows, tokens, seconds)

@@ -7,11 +7,12 @@ take the whole directory (pyarrow, Spark); `datasets` takes `data_files="OUT/*.p
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,8 @@ ENCODED_COLUMNS = ("tokens", "loss_mask", "n_tokens")
 SCAN_BATCH_ROWS = 65_536
 
 ShardFormat = Literal["parquet", "jsonl"]
+
+log = logging.getLogger("stm.export")
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,10 @@ def export_pool(
     fmt: ShardFormat,
     shards: int | None = None,
     rows_per_shard: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ExportSummary:
-    """Write the pool of `record` as shards under `out`, which must not exist yet."""
+    """Write the pool of `record` as shards under `out`, which must not exist yet;
+    `on_progress` is told the rows of each shard written."""
     if out.exists():
         raise StoreError(f"{out}: already exists; export into a new directory")
     columns = dataset_columns(pq.read_schema(layout.samples))
@@ -104,6 +109,9 @@ def export_pool(
             _write_shard(table, staging / name, fmt)
             names.append(name)
             rows += table.num_rows
+            log.debug("%s: wrote %s (%s rows)", out, name, f"{table.num_rows:,}")
+            if on_progress is not None:
+                on_progress(table.num_rows)
         if rows != ids.height:
             raise StoreError(f"{layout.samples}: {rows} of the {ids.height} pool samples found")
         (staging / "_manifest.json").write_bytes(encode_record(record))

@@ -5,6 +5,7 @@ writing manifests exactly as the flow does."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pipeline.store import RunLayout, atomic_path, sha256_file, write_bytes_atom
 
 def score_dataset(
     scorer: Path,
-    data: DataConfig,
+    samples: pa.Table,
     out: Path,
     previous: Path | None,
     pool_ids: pa.Array | None,
@@ -33,15 +34,16 @@ def score_dataset(
     epoch: int,
     batch_size: int,
     threads: int,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ScoreSummary:
-    """Score `data` (or the samples of it in `pool_ids`) and write the score columns,
-    with `loss_prev` from the `previous` scores file when given."""
-    samples = load_samples(data, [])
+    """Score an ingested table (or the samples of it in `pool_ids`) and write the score
+    columns, with `loss_prev` from the `previous` scores file when given; `on_progress`
+    is told how many samples each batch scored."""
     ids = pool_ids if pool_ids is not None else samples.column("sample_id")
     with tempfile.TemporaryDirectory(prefix="stm-score-") as workdir:
         table_path, raw = Path(workdir) / "samples.parquet", Path(workdir) / "raw.parquet"
         pq.write_table(samples, table_path)
-        summary = score_pool(scorer, table_path, ids, raw, batch_size, threads)
+        summary = score_pool(scorer, table_path, ids, raw, batch_size, threads, on_progress)
         prior = read_scores(previous).lazy() if previous else None
         write_scores(raw, prior, round_index, epoch, out)
     return summary

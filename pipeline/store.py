@@ -123,11 +123,23 @@ def list_runs(root: Path) -> list[str]:
     return sorted(p.name for p in runs_dir.iterdir() if (p / "run.json").is_file())
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def temporary_sibling(path: Path) -> Path:
     """A new temp file next to `path` (same filesystem, so a rename onto `path` is atomic),
     hidden and suffixed `.tmp` so no reader mistakes it for the real file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp makes the file owner-only; the store's files get the mode any new file
+    # would (the umask's), so auditors and other readers of a shared store can read them.
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     return Path(tmp)
 

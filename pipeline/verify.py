@@ -4,6 +4,7 @@ problem is reported, one line each, naming the manifest and what is wrong."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,13 @@ def _recount_decisions(
     return problems
 
 
-def verify_store(root: Path, paths: list[Path]) -> tuple[int, list[str]]:
-    """(manifests checked, problems). Hashes first; lineage only for intact records."""
+def verify_store(
+    root: Path, paths: list[Path], on_progress: Callable[[int], None] | None = None
+) -> tuple[int, list[str]]:
+    """(manifests checked, problems). Hashes first; lineage only for intact records.
+    `on_progress` is told of each check done: one per manifest for its hashes, one more
+    for its lineage (counted for a broken record too, which has none to check)."""
+    advance = on_progress or (lambda _: None)
     problems: list[str] = []
     intact: list[tuple[Path, dict[str, Any]]] = []
     for path in paths:
@@ -138,9 +144,12 @@ def verify_store(root: Path, paths: list[Path]) -> tuple[int, list[str]]:
             intact.append((path, verify_manifest(root, path)))
         except ManifestIntegrityError as err:
             problems.append(str(err))
+            advance(1)  # no lineage to check
+        advance(1)
     records = {record["id"]: record for _, record in _all_records(root, intact)}
     for path, record in intact:
         problems += lineage_problems(root, path, record, records)
+        advance(1)
     return len(paths), problems
 
 

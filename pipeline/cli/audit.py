@@ -18,6 +18,7 @@ from pipeline.cli.app import (
     JSON_OPTION,
     STORE_OPTION,
     cli,
+    progress,
     report_problems,
     store_root,
 )
@@ -214,8 +215,9 @@ def manifests_diff(
     for each when and why it left: step, policy, reason, loss, delta and floor at that
     moment, and whether it came back at a round reset. Works between any two manifests,
     across rounds and runs."""
-    catalog = Catalog.load(store_root(store))
-    result = diff_manifests(catalog, catalog.find(a), catalog.find(b))
+    with progress(f"Comparing the pools of {a} and {b}"):
+        catalog = Catalog.load(store_root(store))
+        result = diff_manifests(catalog, catalog.find(a), catalog.find(b))
     if ids:
         frame = result.removed if ids == "removed" else result.added
         for sample_id in frame["sample_id"]:
@@ -327,7 +329,10 @@ def manifests_verify(
             raise ManifestNotFound(f"{root}: no manifests for run {run_id!r}")
     else:
         paths = [_find_path(root, ref)]
-    checked, problems = verify_store(root, paths)
+    with progress(
+        f"Verifying {len(paths)} manifest(s): hashes, then lineage", 2 * len(paths), "checks"
+    ) as advance:
+        checked, problems = verify_store(root, paths, on_progress=advance)
     report_problems(
         {"checked": checked}, problems, f"OK: {checked} manifest(s) in {root} verified", as_json
     )
@@ -379,8 +384,9 @@ def export(
     root = store_root(store)
     entry = Catalog.load(root).find(ref)
     layout = RunLayout(root, entry.record["run"])
-    with Console(stderr=True).status(f"Exporting {entry.record['pool']['size']:,} samples"):
-        summary = export_pool(layout, entry.record, out, fmt, shards, rows_per_shard)
+    size = entry.record["pool"]["size"]
+    with progress(f"Exporting manifest {entry.id[:12]}", size, "samples") as advance:
+        summary = export_pool(layout, entry.record, out, fmt, shards, rows_per_shard, advance)
     if as_json:
         click.echo(summary_json(summary))
     else:

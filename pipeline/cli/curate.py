@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from pipeline.catalog import Catalog
 from pipeline.cli.app import (
@@ -15,6 +14,7 @@ from pipeline.cli.app import (
     STORE_OPTION,
     cli,
     data_config,
+    progress,
     report_problems,
     store_root,
     with_data_options,
@@ -76,10 +76,13 @@ def score(
     if pool_ref:
         entry = Catalog.load(store_root(store)).find(pool_ref)
         ids = pool_ids(RunLayout(store_root(store), entry.record["run"]), entry.record)
-    with Console(stderr=True).status("Scoring"):
+    with progress(f"Reading {data}"):
+        samples = load_samples(data_config(data, id_column, group_column), [])
+    total = len(ids) if ids is not None else samples.num_rows
+    with progress("Scoring", total, "samples") as advance:
         summary = score_dataset(
             scorer,
-            data_config(data, id_column, group_column),
+            samples,
             out,
             prev,
             ids,
@@ -87,6 +90,7 @@ def score(
             epoch,
             batch_size,
             threads,
+            on_progress=advance,
         )
     result = {
         "out": str(out),
@@ -173,7 +177,8 @@ def prune(
     root = store or Path(RunConfig().store)
     config = PolicyConfig(name=policy, delta=delta, delta_mode=delta_mode, floor=floor, tighten=1.0)
     new_run = (run_id, data_config(data, id_column, group_column)) if run_id else None
-    record = prune_scores(root, scores, config, parent_ref, new_run, scorer, tokens_trained)
+    with progress(f"Pruning {scores}"):
+        record = prune_scores(root, scores, config, parent_ref, new_run, scorer, tokens_trained)
     if as_json:
         click.echo(json.dumps(manifest_summary(record), indent=2))
     else:
@@ -200,8 +205,10 @@ def check_scorer_command(
     """Validate an ONNX scorer against a dataset: every input named after a column with a
     compatible type and rank, a dynamic batch size, an output `loss` float32 [batch], and
     finite, batch-independent losses on trial batches. Prints every problem, exits 1."""
-    table = load_samples(data_config(data, id_column, group_column), [])
-    problems = check_scorer_table(model, table, data, rows)
+    with progress(f"Reading {data}"):
+        table = load_samples(data_config(data, id_column, group_column), [])
+    with progress(f"Trying {model} on {rows} samples"):
+        problems = check_scorer_table(model, table, data, rows)
     report_problems(
         {"scorer": str(model), "data": data},
         problems,

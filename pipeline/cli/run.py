@@ -1,12 +1,11 @@
 """`stm run` and `stm runs`: run STM through the Prefect flow with a live table, resume a
-killed run, list the runs of a store."""
+killed run, show what a run would do (`--dry-run`), list the runs of a store."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,32 +17,64 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline import logs
 from pipeline.cli.app import (
     JSON_OPTION,
     STORE_OPTION,
     cli,
+    progress,
 )
-from pipeline.config import RunConfig, load_config, with_overrides
+from pipeline.config import RunConfig, resolve_config
+from pipeline.dry_run import describe_run, render_text
 from pipeline.errors import (
-    ConfigError,
     PrefectUnavailable,
     StoreError,
 )
-from pipeline.policies import POLICIES, get_policy
+from pipeline.launch import RunPlan, plan_run
+from pipeline.policies import POLICIES
 from pipeline.pruning import run_manifests
-from pipeline.resume import check_resumable, run_lock
-from pipeline.runs import RunInputs, default_run_id, is_complete, read_run_record, store_runs
+from pipeline.resume import run_lock
+from pipeline.runs import RunInputs, is_complete, read_run_record, store_runs
 from pipeline.store import RunLayout
 
 # Held-out accuracy over all groups: the key models.evaluate reports it under.
 OVERALL = "_overall"
 
 
+# The config key each `stm run` option sets, by the option's parameter name.
+OPTION_KEYS = {
+    "store": "store",
+    "data": "data.path",
+    "eval_data": "data.eval_path",
+    "id_column": "data.id_column",
+    "group_column": "data.group_column",
+    "prompt_column": "data.prompt_column",
+    "target_column": "data.target_column",
+    "run_id": "run_id",
+    "seed": "seed",
+    "rounds": "rounds",
+    "epochs": "epochs",
+    "policy": "policy.name",
+    "floor": "policy.floor",
+    "delta": "policy.delta",
+}
+
+
+def _prefect_target(store: Path) -> dict[str, str]:
+    """Where the flow runs: the server PREFECT_API_URL names, or in-process with its state
+    under the store (not the user's home) unless PREFECT_HOME says otherwise."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return {"mode": "server", "api_url": url}
+    return {"mode": "local", "home": os.environ.get("PREFECT_HOME", str(store / ".prefect"))}
+
+
 def _prefect_defaults(store: Path) -> None:
     """Run Prefect in-process with its state under the store, not the user's home, unless
     the user points it at a server or a home of their own."""
-    if "PREFECT_API_URL" not in os.environ:
-        os.environ.setdefault("PREFECT_HOME", str((store / ".prefect").resolve()))
+    target = _prefect_target(store.resolve())
+    if target["mode"] == "local":
+        os.environ.setdefault("PREFECT_HOME", target["home"])
         # Prefect creates its home without parents: a new store would have none.
         Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -178,11 +209,17 @@ def _quiet_prefect_logs() -> None:
 @click.option("--policy", type=click.Choice(sorted(POLICIES)), help="Pruning policy.")
 @click.option("--floor", type=float, help="Mastery floor of round 0 (loss, nats).")
 @click.option("--delta", type=float, help="Loss drop that counts as sharp.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Resolve the config, prepare and check the data, and print what the run would "
+    "do (config, dataset, run directory, plan, Prefect), writing nothing.",
+)
 @JSON_OPTION
 def run(
     config_path: Path | None,
-    store: Path | None,
     resume: str | None,
+    dry_run: bool,
     as_json: bool,
     **flags: Any,
 ) -> None:
@@ -197,53 +234,48 @@ def run(
     manifests come out identical to an uninterrupted run's.
     """
     if resume:
-        if config_path or any(value is not None for value in flags.values()):
+        if config_path or any(v is not None for k, v in flags.items() if k != "store"):
             raise click.UsageError("--resume takes the run's saved config: give only --store")
-        root = store or Path(RunConfig().store)
+        root = flags["store"] or Path(RunConfig().store)
         saved = RunLayout(root, resume).config
         if not saved.is_file():
             raise StoreError(f"{root}: no run {resume!r} to resume")
         config_path, flags["run_id"] = saved, resume
-    overrides = {
-        "store": str(store) if store else None,
-        "data.path": flags["data"],
-        "data.eval_path": flags["eval_data"],
-        "data.id_column": flags["id_column"],
-        "data.group_column": flags["group_column"],
-        "data.prompt_column": flags["prompt_column"],
-        "data.target_column": flags["target_column"],
-        "run_id": flags["run_id"],
-        "seed": flags["seed"],
-        "rounds": flags["rounds"],
-        "epochs": flags["epochs"],
-        "policy.name": flags["policy"],
-        "policy.floor": flags["floor"],
-        "policy.delta": flags["delta"],
-    }
-    try:
-        config = with_overrides(load_config(config_path), overrides).validate()
-    except ConfigError as err:
-        located = config_path and not str(err).startswith(str(config_path))
-        raise ConfigError(f"{config_path}: {err}" if located else str(err)) from err
-    get_policy(config.policy.name)
+    overrides = {key: flags[name] for name, key in OPTION_KEYS.items()}
+    overrides["store"] = str(flags["store"]) if flags["store"] else None
+    options = {key: f"--{name.replace('_', '-')}" for name, key in OPTION_KEYS.items()}
+    config = resolve_config(config_path, overrides, options)
     from flows.inputs import prepare_inputs
 
-    console = Console(stderr=as_json)
-    with console.status("Preparing data"):
+    with progress("Preparing data"):
         inputs = prepare_inputs(config)
-    config = replace(config, run_id=config.run_id or default_run_id(config, datetime.now(UTC)))
-    layout = RunLayout(Path(config.store), config.run_id)
-    existing = layout.run_record.exists()
-    if existing and is_complete(layout):
+    plan = plan_run(config, inputs.fingerprint, datetime.now(UTC))
+    if dry_run:
+        _dry_run(plan, inputs, named=config.run_id is not None, as_json=as_json)
+        return
+    console = Console(stderr=as_json)
+    if plan.state == "complete":
         console.print(
-            f"Run {config.run_id} is complete; its manifests are in {layout.manifest_dir}."
+            f"Run {plan.config.run_id} is complete; its manifests are in "
+            f"{plan.layout.manifest_dir}."
         )
         return
-    if existing:
-        check_resumable(layout, config, inputs.fingerprint)
     _prefect_defaults(Path(config.store))
-    with run_lock(layout):
-        _run_flow(config, inputs, console, as_json, resume=existing)
+    with run_lock(plan.layout):
+        _run_flow(plan.config, inputs, console, as_json, resume=plan.state == "resume")
+
+
+def _dry_run(plan: RunPlan, inputs: RunInputs, named: bool, as_json: bool) -> None:
+    """What the run would do, having failed wherever the run would fail before its first
+    step (config, data, a changed config or dataset of the run to resume, an unreachable
+    server), without creating the run, starting Prefect or writing to the store."""
+    if plan.state != "complete":
+        _check_prefect_server()
+    description = describe_run(plan, inputs, named, _prefect_target(plan.layout.root.resolve()))
+    if as_json:
+        click.echo(json.dumps(description, indent=2))
+    else:
+        click.echo(render_text(description), nl=False)
 
 
 def _check_prefect_server() -> None:
@@ -269,7 +301,7 @@ def _run_flow(
     from flows.stm_flow import StepReport, stm_flow
 
     table = EpochTable()
-    progress = Progress(
+    step_progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -277,17 +309,18 @@ def _run_flow(
         console=console,
     )
     where = "Prefect server" if os.environ.get("PREFECT_API_URL") else "local Prefect"
-    bar = progress.add_task(f"starting ({where})", total=config.rounds * config.epochs)
+    bar = step_progress.add_task(f"starting ({where})", total=config.rounds * config.epochs)
 
     def report(step: StepReport) -> None:
         record = step.record
         if record["kind"] == "prune":
-            progress.advance(bar)
-        progress.update(bar, description=f"round {record['round']} epoch {record['epoch']}")
+            step_progress.advance(bar)
+        step_progress.update(bar, description=f"round {record['round']} epoch {record['epoch']}")
         table.add(record, step.seconds)
 
     _quiet_prefect_logs()
-    with Live(Group(table, progress), console=console, refresh_per_second=4):
+    logs.print_through(console)
+    with Live(Group(table, step_progress), console=console, refresh_per_second=4):
         result = stm_flow(config, inputs, report=report, resume=resume)
     final = result.manifests[-1]
     console.line()

@@ -101,6 +101,18 @@ def test_verify_passes_on_an_intact_store(store: Path) -> None:
     assert (checked, problems) == (12, [])
 
 
+def test_verify_reports_two_checks_per_manifest_as_it_goes(store: Path) -> None:
+    checks: list[int] = []
+    paths = manifest_paths(store)
+    verify_store(store, paths, on_progress=checks.append)
+    assert checks == [1] * 2 * len(paths)
+    broken = paths[0]
+    broken.write_text("{}")
+    checks.clear()
+    verify_store(store, paths, on_progress=checks.append)
+    assert len(checks) == 2 * len(paths)
+
+
 def test_verify_names_a_tampered_pool_file(store: Path) -> None:
     record = Catalog.load(store).find("stm-run:0:2").record
     pool = store / record["pool"]["path"]
@@ -162,8 +174,12 @@ def test_export_round_trips_through_datasets_and_pyarrow(
 def test_export_shard_count_and_refusal_to_overwrite(store: Path, tmp_path: Path) -> None:
     entry = Catalog.load(store).find("stm-run:0:0")
     layout = make_layout_for(store, entry)
-    summary = export_pool(layout, entry.record, tmp_path / "out", "parquet", shards=4)
+    written: list[int] = []
+    summary = export_pool(
+        layout, entry.record, tmp_path / "out", "parquet", shards=4, on_progress=written.append
+    )
     assert [pq.read_metadata(tmp_path / "out" / s).num_rows for s in summary.shards] == [2, 2, 2]
+    assert written == [2, 2, 2]
     with pytest.raises(StoreError, match=r"out: already exists"):
         export_pool(layout, entry.record, tmp_path / "out", "parquet")
 

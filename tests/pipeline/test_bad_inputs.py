@@ -68,15 +68,60 @@ def test_a_huge_row_is_named_not_trained_on(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "fragments"),
     [
-        ("unknown_key.toml", ["unknown config key epoch (known:"]),
-        ("negative_floor.toml", ["config key policy.floor: must be non-negative"]),
-        ("zero_epochs.toml", ["config key epochs: must be at least 1"]),
+        ("unknown_key.toml", ["unknown config key epoch, did you mean 'epochs'? (known: data,"]),
+        (
+            "nested_unknown_key.toml",
+            [
+                "unknown config key policy.flor, did you mean 'floor'? "
+                "(known in [policy]: delta, delta_mode, floor, name, tighten)"
+            ],
+        ),
+        ("misplaced_key.toml", ["unknown config key floor, did you mean 'floor' in [policy]?"]),
+        (
+            "unknown_policy.toml",
+            ['config key policy.name: unknown policy "stn", did you mean "stm"? (known: standard'],
+        ),
+        (
+            "misspelt_choice.toml",
+            [
+                'config key policy.delta_mode: "relativ" is not one of "absolute", "relative", '
+                'did you mean "relative"?'
+            ],
+        ),
+        ("float_epochs.toml", ["config key epochs: expected an integer, got 2.5"]),
+        ("negative_floor.toml", ["config key policy.floor: must be positive"]),
+        ("nan_floor.toml", ["config key policy.floor: must be a finite number, got nan"]),
+        ("zero_epochs.toml", ["config key epochs: must be at least 1, got 0"]),
+        ("zero_lr.toml", ["config key train.lr: must be positive"]),
+        ("zero_batch_size.toml", ["config key scoring.batch_size: must be at least 1, got 0"]),
+        ("zero_heads.toml", ["config key model.heads: must be at least 1, got 0"]),
+        ("relative_delta_above_one.toml", ["policy.delta: must be at most 1 with delta_mode"]),
+        ("escaping_run_id.toml", ["config key run_id: '../elsewhere' must be letters, digits"]),
+        ("not_utf8.toml", ["not UTF-8 text, as TOML must be (invalid continuation byte"]),
     ],
 )
 def test_bad_config(name: str, fragments: list[str], tmp_path: Path) -> None:
     path = CORPUS / name
     result = invoke("run", "--config", str(path), "--store", str(tmp_path))
-    assert_one_line(result, str(path), *fragments)
+    assert_one_line(result, f"{path}: ", *fragments)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [
+        (["--floor", "-1"], "--floor -1.0: config key policy.floor: must be positive"),
+        (["--seed", "-1"], "--seed -1: config key seed: must be between 0 and 2**63 - 1"),
+        (["--run-id", "a:b"], "--run-id a:b: config key run_id: 'a:b' must be letters"),
+    ],
+)
+def test_a_bad_option_value_is_blamed_on_the_option_not_the_file(
+    option: list[str], fragment: str, tmp_path: Path
+) -> None:
+    tiny = CORPUS.parent.parent / "configs" / "tiny.toml"
+    result = invoke("run", "--config", str(tiny), *option, "--store", str(tmp_path))
+    assert_one_line(result, fragment)
+    assert str(tiny) not in result.stderr
 
 
 def test_a_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:

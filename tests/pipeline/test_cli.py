@@ -29,7 +29,7 @@ def assert_one_line_error(result: Result, message: str) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ([], ["run", "runs"]),
+        ([], ["run", "runs", "--verbose", "STM_LOG_LEVEL"]),
         (
             ["run"],
             [
@@ -42,6 +42,7 @@ def assert_one_line_error(result: Result, message: str) -> None:
                 "--policy",
                 "--floor",
                 "--json",
+                "--dry-run",
                 "PREFECT_API_URL",
             ],
         ),

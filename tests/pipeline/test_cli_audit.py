@@ -121,3 +121,23 @@ def test_export_writes_shards_and_reports_json(store: Path, tmp_path: Path) -> N
     assert sorted(r["sample_id"] for r in rows) == ["s001", "s003", "s004", "s005"]
     again = invoke(store, "export", "stm-run:0:2", "--out", str(out))
     assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (("manifests", "verify", "--all"), "Verifying 6 manifest(s): hashes, then lineage"),
+        (("export", "stm-run:0:2", "--out", "{tmp}/shards"), "Exporting manifest"),
+        (("manifests", "diff", "stm-run:0:2", "stm-run:1:2"), "Comparing the pools of"),
+    ],
+)
+def test_progress_goes_to_a_terminals_stderr_and_json_stays_clean(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple, shown: str
+) -> None:
+    """Rich draws nothing when stderr is not a terminal; here it is told it is one."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
+    result = invoke(store, *(a.format(tmp=tmp_path) for a in args), "--json")
+    assert result.exit_code == 0, result.output
+    json.loads(result.stdout)
+    assert shown in result.stderr

@@ -36,6 +36,14 @@ def test_scores_exactly_the_pool_streaming_in_batches(tmp_path: Path, samples: P
     assert table.schema.field("loss").type == pa.float32()
 
 
+def test_progress_is_reported_per_batch(tmp_path: Path, samples: Path) -> None:
+    scorer = make_sum_scorer(tmp_path / "sum.onnx")
+    batches: list[int] = []
+    ids = pa.array(["s000", "s001", "s002", "s003", "s005"])
+    score_pool(scorer, samples, ids, tmp_path / "raw.parquet", 2, 1, on_progress=batches.append)
+    assert batches == [2, 2, 1]
+
+
 def test_input_without_matching_column_is_named(tmp_path: Path, samples: Path) -> None:
     scorer = make_sum_scorer(tmp_path / "s.onnx", input_name="tokens")
     with pytest.raises(

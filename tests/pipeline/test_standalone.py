@@ -232,3 +232,16 @@ def test_prune_after_a_step_that_has_a_successor_is_refused(files: dict[str, Pat
     assert result.exit_code == 1 and "already has a next step" in result.stderr
     assert invoke("manifests", "verify", "--all", "--store", str(files["store"])).exit_code == 0
     assert first["epoch"] == 1
+
+
+def test_scoring_shows_progress_on_a_terminal_and_keeps_json_clean(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
+    out = files["dir"] / "scores.parquet"
+    args = ["--scorer", str(files["scorer"]), "--data", str(files["data"]), *DATA]
+    result = invoke("score", *args, "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["samples"] == 6
+    assert "Scoring" in result.stderr and "samples" in result.stderr
