@@ -20,7 +20,7 @@ from prefect.states import Failed, State
 from flows.inputs import prepare_inputs
 from flows.stm_flow import StepReport, curate
 from pipeline.config import RunConfig, resolve_config
-from pipeline.errors import PipelineError
+from pipeline.errors import STORAGE_ERRNOS, PipelineError
 from pipeline.launch import plan_run
 from pipeline.pruning import run_manifests
 from pipeline.resume import run_lock
@@ -43,7 +43,7 @@ PARAMETERS = {
 
 def deployment_config(
     config: str | None,
-    store: str,
+    store: str | None,
     data: str | None,
     eval_data: str | None,
     id_column: str | None,
@@ -69,7 +69,7 @@ def deployment_config(
 @flow(name="stm-scheduled-curation", log_prints=False)
 def scheduled_curation(
     config: str | None = None,
-    store: str = "manifests",
+    store: str | None = None,
     data: str | None = None,
     eval_data: str | None = None,
     id_column: str | None = None,
@@ -77,7 +77,8 @@ def scheduled_curation(
     seed: int | None = None,
     run_id: str | None = None,
 ) -> dict[str, Any] | State:
-    """Curate `data` (or the built-in benchmark) with the TOML `config` into `store`.
+    """Curate `data` (or the built-in benchmark) with the TOML `config` into `store` (by
+    default the config's, `manifests` without one).
     Relative paths are taken from the working directory of the process running the flow
     (the serve process, or the directory a worker's pull step sets)."""
     logger = get_run_logger()
@@ -108,6 +109,12 @@ def scheduled_curation(
     except PipelineError as err:
         logger.error("%s", err)
         return Failed(message=str(err))
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        message = f"{err.filename}: {err.strerror}"  # a full or read-only store
+        logger.error("%s", message)
+        return Failed(message=message)
     return _summary(result.layout.run_dir, result.manifests[-1])
 
 

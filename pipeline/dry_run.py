@@ -10,10 +10,12 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.config import RunConfig, dumps_toml, to_dict
+from pipeline.errors import StoreError
 from pipeline.launch import RunPlan
 from pipeline.manifest import group_counts
 from pipeline.policies import PolicyParams, policy_parameters
 from pipeline.pruning import run_manifests
+from pipeline.resume import is_being_written
 from pipeline.runs import RunInputs
 from pipeline.store import step_name
 
@@ -71,6 +73,11 @@ def _run_target(plan: RunPlan) -> dict[str, Any]:
     }
     if plan.state == "new":
         return target
+    if plan.state == "resume" and is_being_written(layout):
+        # where the real run would stop: its lock is held by the process writing the run
+        raise StoreError(
+            f"{layout.run_dir}: run {layout.run_id!r} is being written by another process"
+        )
     manifests = run_manifests(layout)
     last = manifests[-1] if manifests else None
     target["steps_done"] = sum(record["kind"] == "prune" for record in manifests)

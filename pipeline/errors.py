@@ -3,6 +3,8 @@ line naming the file, column or sample at fault, so the CLI can print it without
 
 from __future__ import annotations
 
+import errno
+
 
 class PipelineError(Exception):
     """Root of every error the CLI reports as one line and a non-zero exit."""
@@ -53,9 +55,18 @@ class PrefectUnavailable(PipelineError):
     """The Prefect API the user pointed at does not answer."""
 
 
+class DaskUnavailable(PipelineError):
+    """The Dask scheduler the user pointed at does not answer."""
+
+
 class ManifestNotFound(PipelineError):
     """No manifest (or more than one) matches the id, prefix or run given."""
 
 
 class TrainerError(PipelineError):
     """An external trainer failed, timed out, wrote no scorer or unreadable metrics."""
+
+
+# A full, read-only or forbidden store: the user's to fix, reported in one line, never
+# retried and never shown as a traceback.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT})

@@ -246,6 +246,7 @@ HISTORY_SCHEMA = pl.Schema(
         "loss_prev": pl.Float32,
         "delta": pl.Float32,
         "group": pl.String,
+        "keep": pl.Boolean,
     }
 )
 
@@ -254,18 +255,28 @@ def score_history(layout: RunLayout, manifests: list[dict[str, Any]]) -> pl.Lazy
     """Every recorded score row of the run, stacked, with each sample's group (empty
     before the first scored step). Only the score files the manifests name count: a file
     from an interrupted step is not part of the run's history."""
-    paths = [
-        layout.resolve(record["step"]["scores"]["path"])
-        for record in manifests
-        if record["kind"] == "prune"
-    ]
-    if not paths:
+    steps = [record for record in manifests if record["kind"] == "prune"]
+    if not steps:
         return pl.LazyFrame(schema=HISTORY_SCHEMA)
     groups = pl.scan_parquet(layout.samples).select("sample_id", "group")
+    # Whether the policy kept each sample: a sample dropped at a round's last epoch has a
+    # full-length history, and only its decision tells it left the pool.
+    kept = pl.concat(
+        pl.scan_parquet(layout.resolve(record["step"]["decisions"]["path"])).select(
+            "sample_id",
+            "keep",
+            round=pl.lit(record["round"], pl.Int32),
+            epoch=pl.lit(record["epoch"], pl.Int32),
+        )
+        for record in steps
+    )
     return (
-        pl.scan_parquet(paths)
+        pl.scan_parquet([layout.resolve(record["step"]["scores"]["path"]) for record in steps])
         .select("sample_id", "round", "epoch", "loss", "loss_prev", "delta")
+        .cast({"round": pl.Int32, "epoch": pl.Int32})
+        .join(kept, on=["sample_id", "round", "epoch"], how="left", validate="1:1")
         .join(groups, on="sample_id", how="left", validate="m:1")
+        .select(list(HISTORY_SCHEMA))
         .cast(dict(HISTORY_SCHEMA))
     )
 

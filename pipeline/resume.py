@@ -53,6 +53,20 @@ def run_lock(layout: RunLayout) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def is_being_written(layout: RunLayout) -> bool:
+    """Whether another process holds the run's lock now; only reads (a dry run must not
+    create the lock file)."""
+    if not layout.lock.exists():
+        return False
+    with open(layout.lock) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def check_resumable(layout: RunLayout, config: RunConfig, fingerprint: str) -> None:
     """Resuming is only honest with the same config and the same data."""
     record = read_run_record(layout)

@@ -124,7 +124,16 @@ def list_runs(root: Path) -> list[str]:
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)
+    """Read, not set-and-restore: setting it, even briefly, would change the mode of
+    files other threads create meanwhile."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (not Linux): the classic way, once, at import
     os.umask(mask)
     return mask
 

@@ -75,7 +75,8 @@ def _with_step_context(history: pl.LazyFrame, params: TrajectoryParams) -> pl.La
 
 def trajectories(history: pl.LazyFrame, params: TrajectoryParams) -> pl.LazyFrame:
     """One row per (round, sample_id) of a stacked score history (columns `sample_id`,
-    `round`, `epoch`, `loss`, `delta`; one row per sample per scored epoch), with:
+    `round`, `epoch`, `loss`, `delta`, and optionally the policy's `keep`; one row per
+    sample per scored epoch), with:
 
     - `n_epochs` scored, `n_deltas` (scored epochs with a previous pass), `last_epoch`;
     - `mean_loss`, `last_loss`, and `loss_rank`: the mean, over the sample's scored
@@ -85,7 +86,8 @@ def trajectories(history: pl.LazyFrame, params: TrajectoryParams) -> pl.LazyFram
     - `wander`: the mean |delta| over the sample's scored changes (nats per epoch). The
       mean, not the sum, so a sample dropped early is not ranked calmer merely for having
       fewer epochs; in the unit of `band`, so it reads against the band directly;
-    - `left_pool`: its history ends before the round's last scored epoch (it was dropped);
+    - `left_pool`: the policy dropped it (`keep` false at its last scored epoch); without
+      a `keep` column, its history ends before the round's last scored epoch;
     - `settled`, `settled_at` and `trajectory`:
 
       * settled: its last `window` or more scored changes are all within `band`;
@@ -99,6 +101,12 @@ def trajectories(history: pl.LazyFrame, params: TrajectoryParams) -> pl.LazyFram
         room to settle and did not.
     """
     settled = pl.col("in_final_band").sum() >= params.window
+    if "keep" in history.collect_schema():
+        # The policy's decision at the sample's last scored epoch: also right for a sample
+        # dropped at the round's last epoch, whose history is as long as a survivor's.
+        left_pool = pl.col("keep").sort_by("epoch").last().not_().fill_null(False)
+    else:
+        left_pool = pl.col("epoch").max() < pl.col("round_last_epoch").first()
     return (
         _with_step_context(history, params)
         .group_by(_KEYS)
@@ -110,7 +118,7 @@ def trajectories(history: pl.LazyFrame, params: TrajectoryParams) -> pl.LazyFram
             last_loss=pl.col("loss").sort_by("epoch").last(),
             loss_rank=pl.col("loss_percentile").mean(),
             wander=pl.col("delta").abs().mean(),
-            left_pool=pl.col("epoch").max() < pl.col("round_last_epoch").first(),
+            left_pool=left_pool,
             settled=settled,
             settled_at=pl.when(settled).then(pl.col("epoch").filter("in_final_band").min()),
         )

@@ -4,7 +4,6 @@ pipeline or storage error."""
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from rich.progress import (
 from pipeline import logs
 from pipeline.config import DataConfig, RunConfig
 from pipeline.errors import (
+    STORAGE_ERRNOS,
     PipelineError,
     StoreError,
 )
@@ -39,10 +39,6 @@ STORE_OPTION = click.option(
     help="Store root holding runs and pools [default: manifests].",
 )
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-# A full, read-only or forbidden store: the user's to fix, so one line, not a traceback.
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 class StmGroup(click.Group):

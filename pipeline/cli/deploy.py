@@ -40,34 +40,45 @@ def deployment_parameters(
     seed: int | None,
 ) -> dict[str, Any]:
     """The parameters every run of the deployment gets, checked now (as `stm run` would)
-    so that a typo fails at deploy time rather than at 3 a.m."""
+    so that a bad config fails at deploy time rather than at 3 a.m. Store and dataset
+    paths, from the options or the config file, are made absolute from here: the flow
+    runs in another working directory."""
     from flows.scheduled import deployment_config
 
     parameters = {
         "config": _absolute(str(config)) if config else None,
-        "store": _absolute(str(store or "manifests")),
+        "store": _absolute(str(store)) if store else None,
         "data": _absolute(data),
         "eval_data": _absolute(eval_data),
         "id_column": id_column,
         "group_column": group_column,
         "seed": seed,
     }
-    deployment_config(**parameters, run_id=None)
+    resolved = deployment_config(**parameters, run_id=None)
+    parameters["store"] = _absolute(resolved.store)
+    parameters["data"] = _absolute(resolved.data.path)
+    parameters["eval_data"] = _absolute(resolved.data.eval_path)
     return {k: v for k, v in parameters.items() if v is not None}
 
 
 def require_server(what: str) -> str:
     """Deployments and schedules live on a Prefect server: one line saying how to get
-    one, instead of a run that silently never happens."""
-    from pipeline.cli.run import _check_prefect_server
+    one, instead of a run that silently never happens. The server is the one Prefect
+    itself would use: PREFECT_API_URL, or the active profile's (`prefect config set`,
+    `prefect cloud login`)."""
+    import httpx
+    from prefect.settings import get_current_settings
 
-    url = os.environ.get("PREFECT_API_URL")
+    url = get_current_settings().api.url
     if not url:
         raise PrefectUnavailable(
             f"{what} needs a Prefect server: start one with `prefect server start` and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (see docs/scheduling.md)"
         )
-    _check_prefect_server()
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5)
+    except httpx.TransportError as err:  # any HTTP answer means someone is there
+        raise PrefectUnavailable(f"{url}: Prefect server not reachable ({err})") from err
     return url
 
 

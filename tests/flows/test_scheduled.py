@@ -4,9 +4,11 @@ Failed with the pipeline's one-line message."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 from flows.scheduled import scheduled_curation
@@ -89,3 +91,15 @@ def test_a_pipeline_error_fails_the_flow_run_with_its_message(tmp_path: Path) ->
     assert state.is_failed()
     assert state.message == f"{missing}: no such file or directory"
     assert not (tmp_path / "store" / "runs").exists()
+
+
+def test_a_full_disk_fails_the_flow_run_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(_config: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "store"))
+
+    monkeypatch.setattr("flows.scheduled.prepare_inputs", full_disk)
+    state = scheduled_curation(store=str(tmp_path / "store"), return_state=True)
+    assert state.is_failed()
+    assert state.message == f"{tmp_path / 'store'}: No space left on device"

@@ -18,7 +18,9 @@ from flows.inputs import prepare_inputs
 from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.pruning import reset_pool
+from pipeline.resume import run_lock
 from pipeline.runs import create_run, mark_complete
+from pipeline.store import RunLayout
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -196,3 +198,16 @@ def test_prefect_is_not_even_imported(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "a new run" in done.stdout
     assert not (tmp_path / "s").exists()
+
+
+def test_a_run_being_written_fails_as_the_real_run_would(tmp_path: Path) -> None:
+    started_run(tmp_path)
+    with run_lock(RunLayout(tmp_path, "r")):  # another process writing it, as far as flock sees
+        result = CliRunner().invoke(
+            cli, ["run", "--config", str(TINY), "--store", str(tmp_path), "--run-id", "r",
+                  "--dry-run"],
+        )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.strip().endswith(
+        f"Error: {tmp_path / 'runs' / 'r'}: run 'r' is being written by another process"
+    )

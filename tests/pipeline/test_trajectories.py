@@ -201,3 +201,26 @@ def test_an_empty_history_gives_empty_frames() -> None:
 def test_parameters_are_checked(band: float, window: int, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TrajectoryParams(band=band, window=window)
+
+
+def test_a_sample_dropped_at_the_rounds_last_epoch_left_the_pool() -> None:
+    """Its history is as long as a survivor's: only the policy's `keep` tells it left, so
+    a sharp last drop makes it undetermined (it was mastered), not wandering."""
+    history = make_history({"kept_moving": [2.0, 1.5, 1.0, 0.5], "dropped": [2.0, 1.5, 1.0, 0.5]})
+    keep = pl.LazyFrame(
+        {
+            "sample_id": ["kept_moving"] * 4 + ["dropped"] * 4,
+            "epoch": [1, 2, 3, 4] * 2,
+            "keep": [True] * 4 + [True, True, True, False],
+        },
+        schema={"sample_id": pl.String, "epoch": pl.Int32, "keep": pl.Boolean},
+    )
+    rows = by_sample(trajectories(history.join(keep, on=["sample_id", "epoch"]), PARAMS))
+    assert (rows["dropped"]["left_pool"], rows["dropped"]["trajectory"]) == (True, "undetermined")
+    assert (rows["kept_moving"]["left_pool"], rows["kept_moving"]["trajectory"]) == (
+        False,
+        "wandering",
+    )
+    # Without decisions, the same histories cannot be told apart.
+    rows = by_sample(trajectories(history, PARAMS))
+    assert rows["dropped"]["trajectory"] == rows["kept_moving"]["trajectory"] == "wandering"
