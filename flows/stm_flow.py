@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import Flow, flow
 
 from flows import artifacts, tasks
 from pipeline.config import RunConfig
 from pipeline.pruning import StepInputs
 from pipeline.resume import ResumePoint
 from pipeline.runs import RunInputs
+from pipeline.scoring import ScoreSummary
+from pipeline.sharding import merged_summary
 from pipeline.store import RunLayout
 
 
@@ -87,20 +89,95 @@ def run_epoch(
     training = external_training if ctx.config.trainer.command else builtin_training
     trained = training(ctx, parent, round_index, epoch)
     tasks.snapshot(ctx, round_index, epoch)
-    raw_scores, scored = tasks.score(ctx, trained.scorer, parent, round_index, epoch)
-    seconds = {**trained.seconds, "score": scored.seconds}
-    step = StepInputs(
+    if ctx.config.scale.engine == "dask":
+        record, seconds = score_and_prune_in_shards(ctx, trained, parent, round_index, epoch)
+    else:
+        record, seconds = score_and_prune(ctx, trained, parent, round_index, epoch)
+    return StepReport(record, {**seconds, "epoch": time.perf_counter() - started})
+
+
+def _step_inputs(
+    trained: TrainedScorer,
+    round_index: int,
+    epoch: int,
+    scores: Path,
+    scored: ScoreSummary,
+    seconds: dict[str, float],
+) -> StepInputs:
+    return StepInputs(
         round_index=round_index,
         epoch=epoch,
-        raw_scores=raw_scores,
+        raw_scores=scores,
         scorer=trained.scorer,
         scorer_sha256=trained.scorer_sha256,
         tokens_trained=trained.tokens_trained,
         tokens_scored=scored.tokens_scored,
         metrics={**trained.metrics, "seconds": seconds},
     )
-    record = tasks.prune(ctx, parent, step)
-    return StepReport(record, {**seconds, "epoch": time.perf_counter() - started})
+
+
+def score_and_prune(
+    ctx: tasks.RunContext,
+    trained: TrainedScorer,
+    parent: dict[str, Any],
+    round_index: int,
+    epoch: int,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Score the whole pool in this process, then prune: the local engine."""
+    raw_scores, scored = tasks.score(ctx, trained.scorer, parent, round_index, epoch)
+    seconds = {**trained.seconds, "score": scored.seconds}
+    step = _step_inputs(trained, round_index, epoch, raw_scores, scored, seconds)
+    return tasks.prune(ctx, parent, step), seconds
+
+
+def score_and_prune_in_shards(
+    ctx: tasks.RunContext,
+    trained: TrainedScorer,
+    parent: dict[str, Any],
+    round_index: int,
+    epoch: int,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The Dask engine: each shard of the pool is scored and decided by a task submitted
+    to the flow's task runner (a Dask cluster, see `flow_for`), then the shards are merged
+    here into the same scores, decisions, pool and manifest as `score_and_prune` writes.
+    `score` is the wall time of the shards, submission and waiting included."""
+    started = time.perf_counter()
+    pieces = tasks.shard_pool(ctx, parent, round_index, epoch)
+    futures = [
+        tasks.score_shard.submit(ctx, trained.scorer, ids, shard, round_index, epoch)
+        for shard, ids in enumerate(pieces)
+    ]
+    results = [future.result() for future in futures]
+    scored = merged_summary([r.summary for r in results])
+    seconds = {**trained.seconds, "score": time.perf_counter() - started}
+    step = _step_inputs(
+        trained, round_index, epoch, ctx.layout.scores(round_index, epoch), scored, seconds
+    )
+    return tasks.merge_shards(ctx, parent, results, step), seconds
+
+
+def flow_for(config: RunConfig) -> Flow:
+    """The flow with the task runner `config.scale` asks for: with the Dask engine, a
+    cluster at `dask_address`, or a local one started with the run and closed after it.
+    Only the shard tasks are submitted to it; every other task runs in this process."""
+    scale = config.scale
+    if scale.engine != "dask":
+        return stm_flow
+    # Imported here: Dask's import costs a second that local runs need not pay.
+    from prefect_dask import DaskTaskRunner
+
+    if scale.dask_address:
+        runner = DaskTaskRunner(address=scale.dask_address)
+    else:
+        runner = DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": scale.dask_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    return stm_flow.with_options(task_runner=runner)
 
 
 @flow(name="stm-curation", validate_parameters=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -22,6 +23,7 @@ from models.charset import Vocabulary
 from models.evaluate import evaluate
 from models.export import export_scorer
 from models.trainer import TrainStats, train_epoch
+from pipeline import sharding
 from pipeline.config import RunConfig
 from pipeline.errors import PipelineError
 from pipeline.external_trainer import ExternalTrainStats, train_external_epoch
@@ -36,6 +38,7 @@ from pipeline.resume import (
 from pipeline.runs import RunInputs, create_run, mark_complete
 from pipeline.scorer_check import check_scorer, raise_if_invalid
 from pipeline.scoring import ScoreSummary, score_pool
+from pipeline.sharding import ShardResult, record_sharded_step, split_pool
 from pipeline.store import RunLayout, read_samples_subset, sha256_file, temporary_sibling
 
 TRAIN_COLUMNS = ["sample_id", "tokens", "loss_mask", "n_tokens"]
@@ -253,3 +256,52 @@ def score(
 )
 def prune(ctx: RunContext, parent: dict[str, Any], step: StepInputs) -> dict[str, Any]:
     return prune_step(ctx.layout, parent, step, ctx.config.policy)
+
+
+@task(name="shard-pool", task_run_name="shard pool r{round_index} e{epoch}", cache_policy=NO_CACHE)
+def shard_pool(
+    ctx: RunContext, parent: dict[str, Any], round_index: int, epoch: int
+) -> list[pa.Array]:
+    config = ctx.config
+    return split_pool(
+        ctx.layout.samples,
+        pool_ids(ctx.layout, parent),
+        config.scale.shard_count(),
+        config.scoring.batch_size,
+    )
+
+
+@task(
+    name="score-shard",
+    task_run_name="score r{round_index} e{epoch} shard {shard}",
+    cache_policy=NO_CACHE,
+)
+def score_shard(
+    ctx: RunContext, scorer: Path, ids: pa.Array, shard: int, round_index: int, epoch: int
+) -> ShardResult:
+    """Runs where the task runner puts it (a Dask worker): it opens its own scorer session
+    and reads and writes only through the store."""
+    config = ctx.config
+    return sharding.score_shard(
+        ctx.layout,
+        scorer,
+        ids,
+        shard,
+        round_index,
+        epoch,
+        config.policy,
+        config.scoring.batch_size,
+        config.scoring.threads,
+    )
+
+
+@task(
+    name="merge-shards",
+    task_run_name="merge shards r{step.round_index} e{step.epoch}",
+    cache_policy=NO_CACHE,
+    **IO,
+)
+def merge_shards(
+    ctx: RunContext, parent: dict[str, Any], results: list[ShardResult], step: StepInputs
+) -> dict[str, Any]:
+    return record_sharded_step(ctx.layout, parent, results, step, ctx.config.policy)

@@ -100,8 +100,24 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    batch_size: int = 256
+    batch_size: int = 1024
     threads: int = 2
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Where scoring runs. "local": in the flow's process. "dask": the pool is cut into
+    `shards` pieces, scored and decided as Prefect tasks on a Dask cluster: the one at
+    `dask_address`, or a local cluster of `dask_workers` single-threaded worker processes
+    when unset. `shards` unset means two per local worker (docs/distributed.md)."""
+
+    engine: Literal["local", "dask"] = "local"
+    dask_address: str | None = None
+    dask_workers: int = 2
+    shards: int | None = None
+
+    def shard_count(self) -> int:
+        return self.shards if self.shards is not None else 2 * self.dask_workers
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,7 @@ class RunConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     def validate(self) -> RunConfig:
         """Reject values no run could use, naming the key; returns self to allow chaining."""
@@ -177,6 +194,7 @@ class RunConfig:
             yield "train.lr", "must be positive"
         yield from self._policy_problems()
         yield from self._trainer_problems()
+        yield from self._scale_problems()
 
     def _data_problems(self) -> Iterator[tuple[str, str]]:
         arithmetic = self.data.arithmetic
@@ -261,6 +279,20 @@ class RunConfig:
                 "held-out evaluation is the built-in model's; an external trainer reports "
                 "its own metrics in metrics.json",
             )
+
+    def _scale_problems(self) -> Iterator[tuple[str, str]]:
+        scale = self.scale
+        yield from _at_least(1, **{"scale.dask_workers": scale.dask_workers})
+        if scale.shards is not None:
+            yield from _at_least(1, **{"scale.shards": scale.shards})
+        if scale.dask_address is not None:
+            if not scale.dask_address.strip():
+                yield "scale.dask_address", "must not be empty"
+            elif scale.engine != "dask":
+                yield (
+                    "scale.dask_address",
+                    'is only used with scale.engine = "dask" (--engine dask)',
+                )
 
 
 # Torch seeds its generators from a signed 64-bit integer, as large as TOML's.

@@ -37,6 +37,7 @@ GROUP = "group"
 DEFAULT_GROUP = "all"
 SUPPORTED_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 CONTENT_ID_HEX_CHARS = 16
+FINGERPRINT_BATCH_ROWS = 65_536
 JSON_MIN_BLOCK_BYTES = 1 << 20
 # Files a directory may hold beside its data that are worth naming when ignored.
 NAMED_IGNORED_FILES = 3
@@ -106,7 +107,9 @@ def dataset_fingerprint(table: pa.Table) -> str:
     ordered = table.select(names).sort_by(SAMPLE_ID)
     digest = hashlib.sha256()
     digest.update(_json_line(names).encode())
-    for batch in ordered.to_batches():
+    # Bounded batches: a sorted table is one chunk, and its rows as Python objects at once
+    # took 9.6 GB for 10M rows of five short columns.
+    for batch in ordered.to_batches(max_chunksize=FINGERPRINT_BATCH_ROWS):
         columns = [batch.column(name).to_pylist() for name in names]
         digest.update("".join(_json_line(list(row)) for row in zip(*columns, strict=True)).encode())
     return digest.hexdigest()

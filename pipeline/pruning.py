@@ -150,17 +150,17 @@ def _scored_with_deltas(layout: RunLayout, step: StepInputs) -> Path:
 def decide(
     scores: pl.LazyFrame, groups: pl.LazyFrame, policy: PolicyConfig, round_index: int
 ) -> pl.LazyFrame:
-    """Every scored sample with its group, its loss columns, `keep` and `reason`."""
+    """Every scored sample with its group, its loss columns, `keep` and `reason`.
+
+    The joins do not validate 1:1 (that doubles their cost at 10M rows): a repeated id
+    comes out repeated, and `record_pruning` refuses it on the sorted result."""
     params = PolicyParams.for_round(policy, round_index)
     decisions = get_policy(policy.name)(scores, params)
     return (
         decisions.join(
-            scores.select("sample_id", "loss", "loss_prev", "delta"),
-            on="sample_id",
-            how="left",
-            validate="1:1",
+            scores.select("sample_id", "loss", "loss_prev", "delta"), on="sample_id", how="left"
         )
-        .join(groups, on="sample_id", how="left", validate="1:1")
+        .join(groups, on="sample_id", how="left")
         .select("sample_id", "group", "keep", "reason", "loss", "loss_prev", "delta")
     )
 
@@ -178,7 +178,14 @@ def prune_step(
 def _check_scored_pool(
     scores_path: Path, parent: dict[str, Any], pool: pl.LazyFrame, decided: pl.DataFrame
 ) -> None:
-    """The scores must cover exactly the parent's pool: pruning only ever removes."""
+    """The scores must cover exactly the parent's pool, once each: pruning only ever
+    removes. `decided` is sorted by sample_id, so a repeated id is next to itself."""
+    repeated = decided.lazy().filter(pl.col("sample_id") == pl.col("sample_id").shift(1))
+    repeated = repeated.head(1).collect()
+    if repeated.height:
+        raise ManifestIntegrityError(
+            f"{scores_path}: sample '{repeated['sample_id'][0]}' is scored more than once"
+        )
     stranger = decided.lazy().join(pool, on="sample_id", how="anti").head(1).collect()
     if stranger.height:
         raise ManifestIntegrityError(
@@ -203,6 +210,20 @@ def record_pruning(
     groups = pl.scan_parquet(layout.samples).select("sample_id", "group")
     decisions = decide(pl.scan_parquet(scores_path), groups, policy, step.round_index)
     decided = decisions.collect(engine="streaming").sort("sample_id")
+    return record_decisions(layout, parent, scores_path, decided, step, policy)
+
+
+def record_decisions(
+    layout: RunLayout,
+    parent: dict[str, Any],
+    scores_path: Path,
+    decided: pl.DataFrame,
+    step: StepInputs,
+    policy: PolicyConfig,
+) -> dict[str, Any]:
+    """Write decisions already made (sorted by sample_id), the surviving pool and the
+    manifest: the single-process step decides in `record_pruning`, a sharded step merges
+    the shards' decisions (`pipeline.sharding`)."""
     parent_pool = pl.scan_parquet(layout.resolve(parent["pool"]["path"])).select("sample_id")
     _check_scored_pool(scores_path, parent, parent_pool, decided)
     decisions_path = layout.decisions(step.round_index, step.epoch)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import tomli_w
 
-from pipeline.config import RunConfig, dumps_toml
+from pipeline.config import RunConfig, dumps_toml, to_dict
 from pipeline.errors import StoreError
 from pipeline.store import RunLayout, list_runs, write_parquet_atomic, write_text_atomic
 
@@ -57,10 +58,12 @@ def _git_commit() -> str | None:
 
 
 def config_fingerprint(config: RunConfig) -> str:
-    """sha256 of the resolved config without where it is stored and what the run is
-    called, which change no result: a moved store or renamed run still matches."""
-    anonymous = replace(config, store=".", run_id=None)
-    return hashlib.sha256(dumps_toml(anonymous).encode()).hexdigest()
+    """sha256 of the resolved config without where it is stored, what the run is called
+    and where it scores ([scale]), which change no result: a moved store, a renamed run or
+    a run resumed on another cluster still matches."""
+    values = to_dict(replace(config, store=".", run_id=None))
+    values.pop("scale", None)
+    return hashlib.sha256(tomli_w.dumps(values).encode()).hexdigest()
 
 
 def provenance(config: RunConfig) -> dict[str, Any]:

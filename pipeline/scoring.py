@@ -9,6 +9,9 @@ and the output `loss` is float32 `[batch]`, one finite loss per sample. The batc
 of inputs and `loss` is dynamic. `n_tokens` is taken from the sample table's column of
 that name, or 1 per sample when it has none. `pipeline.scorer_check` reports every
 violation at once; scoring raises the first it meets.
+
+Rows are scored in batches sorted by length (`length_sorted_batches`), so the raw scores
+file is not in pool order; it is deterministic, and read only joined on sample_id.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ from pipeline.store import atomic_path, iter_samples_subset
 RAW_SCORE_SCHEMA = pa.schema(
     [("sample_id", pa.string()), ("loss", pa.float32()), ("n_tokens", pa.int64())]
 )
+
+# Rows are sorted by length within windows of this many batches (length_sorted_batches).
+SORT_WINDOW_BATCHES = 16
+# Raw scores are written in row groups of about this many rows, not one per batch.
+WRITE_ROWS = 65_536
 
 log = logging.getLogger("stm.scoring")
 
@@ -213,7 +221,7 @@ def batch_losses(
 def score_batches(
     session: ort.InferenceSession,
     inputs: list[ScorerInput],
-    batches: Iterable[pa.RecordBatch],
+    batches: Iterable[pa.RecordBatch | pa.Table],
     onnx_path: Path,
 ) -> Iterator[pa.RecordBatch]:
     """Per-sample losses for each batch, checked against the contract as they come; the
@@ -232,8 +240,56 @@ def score_batches(
         else:
             n_tokens = pa.array(np.ones(batch.num_rows, dtype=np.int64))
         yield pa.RecordBatch.from_arrays(
-            [ids, pa.array(loss.astype(np.float32)), n_tokens], schema=RAW_SCORE_SCHEMA
+            [_one_chunk(ids), pa.array(loss.astype(np.float32)), _one_chunk(n_tokens)],
+            schema=RAW_SCORE_SCHEMA,
         )
+
+
+def _one_chunk(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def length_sorted_batches(
+    batches: Iterable[pa.RecordBatch], inputs: list[ScorerInput], batch_size: int
+) -> Iterator[pa.Table]:
+    """The rows of `batches` in batches of exactly `batch_size` (the last may be smaller),
+    sorted by length within each window of SORT_WINDOW_BATCHES batches, so that a batch
+    is padded to about its own rows' length rather than to the longest row of a random
+    mix. A filtered scan yields batches of any size; regrouping also keeps a small pool's
+    batches full. The order of the rows changes, deterministically: scores are joined on
+    sample_id and sorted by it before anything reads them."""
+    sequences = [spec.name for spec in inputs if spec.is_sequence]
+    for window in _windows(batches, batch_size * SORT_WINDOW_BATCHES):
+        if sequences:
+            lengths = np.max(
+                # A null list sorts first; padding then names it as a contract problem.
+                [
+                    pc.list_value_length(window.column(name)).fill_null(0).to_numpy()
+                    for name in sequences
+                ],
+                axis=0,
+            )
+            window = window.take(np.argsort(lengths, kind="stable"))
+        for start in range(0, window.num_rows, batch_size):
+            yield window.slice(start, batch_size)
+
+
+def _windows(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Tables of exactly `rows` rows from batches of any size, the last one smaller."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            pending = table.slice(rows).to_batches()
+            pending_rows -= rows
+    if pending_rows:
+        yield pa.Table.from_batches(pending)
 
 
 def _one_line(err: Exception) -> str:
@@ -259,17 +315,24 @@ def score_pool(
     if "n_tokens" in schema.names and "n_tokens" not in columns:
         columns.append("n_tokens")
     scanner = iter_samples_subset(samples, pool_ids, columns, batch_size)
-    rows = tokens = 0
+    batches = length_sorted_batches(scanner.to_batches(), inputs, batch_size)
+    rows = tokens = written = 0
+    pending: list[pa.RecordBatch] = []
     with (
         atomic_path(out_path) as tmp,
         pq.ParquetWriter(tmp, RAW_SCORE_SCHEMA, compression="zstd") as writer,
     ):
-        for scored in score_batches(session, inputs, scanner.to_batches(), onnx_path):
-            writer.write_batch(scored)
+        for scored in score_batches(session, inputs, batches, onnx_path):
+            pending.append(scored)
             rows += scored.num_rows
-            tokens += pc.sum(scored.column("n_tokens")).as_py() or 0
+            tokens += int(scored.column("n_tokens").to_numpy().sum())
             if on_progress is not None:
                 on_progress(scored.num_rows)
+            if rows - written >= WRITE_ROWS:
+                writer.write_table(pa.Table.from_batches(pending))
+                pending, written = [], rows
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending))
     seconds = time.perf_counter() - started
     log.debug("%s: scored %s samples in %.2f s", onnx_path, f"{rows:,}", seconds)
     return ScoreSummary(rows, tokens, seconds)

@@ -27,6 +27,7 @@ from pipeline.cli.app import (
 from pipeline.config import RunConfig, resolve_config
 from pipeline.dry_run import describe_run, render_text
 from pipeline.errors import (
+    DaskUnavailable,
     PrefectUnavailable,
     StoreError,
 )
@@ -57,7 +58,14 @@ OPTION_KEYS = {
     "policy": "policy.name",
     "floor": "policy.floor",
     "delta": "policy.delta",
+    "engine": "scale.engine",
+    "dask_address": "scale.dask_address",
+    "dask_workers": "scale.dask_workers",
+    "shards": "scale.shards",
 }
+
+# How long `stm run` waits for a Dask scheduler to answer before giving up.
+DASK_CONNECT_SECONDS = 10
 
 
 def _prefect_target(store: Path) -> dict[str, str]:
@@ -83,6 +91,8 @@ def _prefect_defaults(store: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # Dask's scheduler and workers (which inherit this) log every start and stop.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 class EpochTable:
@@ -210,6 +220,26 @@ def _quiet_prefect_logs() -> None:
 @click.option("--floor", type=float, help="Mastery floor of round 0 (loss, nats).")
 @click.option("--delta", type=float, help="Loss drop that counts as sharp.")
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "dask"]),
+    help="Where scoring runs: in this process, or in shards on a Dask cluster.",
+)
+@click.option(
+    "--dask-address",
+    metavar="ADDRESS",
+    help="Scheduler of an existing Dask cluster (tcp://host:8786) [default: a local cluster].",
+)
+@click.option(
+    "--dask-workers",
+    type=click.IntRange(min=1),
+    help="Worker processes of the local Dask cluster [default: 2].",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    help="Pieces the pool is scored in with --engine dask [default: 2 per local worker].",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Resolve the config, prepare and check the data, and print what the run would "
@@ -245,6 +275,7 @@ def run(
     overrides["store"] = str(flags["store"]) if flags["store"] else None
     options = {key: f"--{name.replace('_', '-')}" for name, key in OPTION_KEYS.items()}
     config = resolve_config(config_path, overrides, options)
+    _check_dask_scheduler(config)
     from flows.inputs import prepare_inputs
 
     with progress("Preparing data"):
@@ -294,11 +325,29 @@ def _check_prefect_server() -> None:
         ) from err
 
 
+def _check_dask_scheduler(config: RunConfig) -> None:
+    """With a Dask cluster address, fail in one line before any work if no scheduler
+    answers there, rather than with a traceback after the first epoch's training."""
+    address = config.scale.dask_address
+    if config.scale.engine != "dask" or address is None:
+        return
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=DASK_CONNECT_SECONDS, set_as_default=False):
+            pass
+    except (OSError, ValueError, TypeError) as err:
+        reason = " ".join(str(err).split())
+        raise DaskUnavailable(
+            f"scale.dask_address={address}: Dask scheduler not reachable ({reason})"
+        ) from err
+
+
 def _run_flow(
     config: RunConfig, inputs: RunInputs, console: Console, as_json: bool, resume: bool
 ) -> None:
     _check_prefect_server()
-    from flows.stm_flow import StepReport, stm_flow
+    from flows.stm_flow import StepReport, flow_for
 
     table = EpochTable()
     step_progress = Progress(
@@ -321,7 +370,7 @@ def _run_flow(
     _quiet_prefect_logs()
     logs.print_through(console)
     with Live(Group(table, step_progress), console=console, refresh_per_second=4):
-        result = stm_flow(config, inputs, report=report, resume=resume)
+        result = flow_for(config)(config, inputs, report=report, resume=resume)
     final = result.manifests[-1]
     console.line()
     console.print(

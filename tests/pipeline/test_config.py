@@ -147,6 +147,16 @@ def test_missing_config_file(tmp_path: Path) -> None:
         ({"policy.floor": -0.1}, "config key policy.floor: must be positive"),
         ({"policy.tighten": 0.0}, r"policy.tighten: must be in (0, 1]"),
         ({"policy.tighten": 1.5}, r"policy.tighten: must be in (0, 1]"),
+        ({"scale.dask_workers": 0}, "config key scale.dask_workers: must be at least 1, got 0"),
+        ({"scale.shards": 0}, "config key scale.shards: must be at least 1, got 0"),
+        (
+            {"scale.engine": "dask", "scale.dask_address": " "},
+            "config key scale.dask_address: must not be empty",
+        ),
+        (
+            {"scale.dask_address": "tcp://h:8786"},
+            'config key scale.dask_address: is only used with scale.engine = "dask"',
+        ),
         ({"model.embed_dim": 0}, "config key model.embed_dim: must be at least 1, got 0"),
         ({"model.layers": 0}, "config key model.layers: must be at least 1, got 0"),
         ({"model.max_len": 0}, "config key model.max_len: must be at least 1, got 0"),

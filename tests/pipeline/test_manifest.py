@@ -8,14 +8,30 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import manifest
 from pipeline.config import PolicyConfig
 from pipeline.errors import ManifestIntegrityError
-from pipeline.manifest import load_manifest, manifest_id, pool_hash, verify_manifest
+from pipeline.manifest import (
+    load_manifest,
+    manifest_id,
+    pool_hash,
+    pool_hash_of_frame,
+    verify_manifest,
+)
 from pipeline.pruning import StepInputs, prune_step, reset_pool, run_manifests
 from pipeline.store import RunLayout, sha256_file, write_immutable
 from tests.builders import make_sample_table
 
 POLICY = PolicyConfig(name="stm", delta=0.25, delta_mode="absolute", floor=0.5, tighten=0.5)
+
+
+@pytest.mark.parametrize("ids", [[], ["b"], ["c", "a", "é", "b", "aa"]])
+def test_pool_hash_of_frame_hashes_the_sorted_ids_in_slices(
+    ids: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manifest, "HASH_SLICE_IDS", 2)  # several slices, one partial
+    frame = pl.DataFrame({"sample_id": ids}, schema={"sample_id": pl.String})
+    assert pool_hash_of_frame(frame) == pool_hash(sorted(ids))
 
 
 def make_layout(root: Path, run_id: str = "run-a", n: int = 6) -> RunLayout:
@@ -184,3 +200,15 @@ def test_run_manifests_are_in_step_order(tmp_path: Path) -> None:
     layout = make_layout(tmp_path)
     run_two_epochs(layout)
     assert [(m["round"], m["epoch"]) for m in run_manifests(layout)] == [(0, 0), (0, 1), (0, 2)]
+
+
+def test_a_sample_scored_twice_is_refused(tmp_path: Path) -> None:
+    """Six rows for a pool of six, but s000 twice and s005 never: the counts match, the
+    repeated id must not pass."""
+    layout = make_layout(tmp_path)
+    m0 = reset_pool(layout, 0, None, POLICY, "fp")
+    inputs = step(layout, 0, 1, dict.fromkeys([f"s{i:03d}" for i in range(5)], 1.0))
+    twice = pl.read_parquet(inputs.raw_scores)
+    pl.concat([twice, twice.head(1)]).write_parquet(inputs.raw_scores)
+    with pytest.raises(ManifestIntegrityError, match=r"sample 's000' is scored more than once"):
+        prune_step(layout, m0, inputs, POLICY)

@@ -2,13 +2,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import TrainConfig
 from pipeline.errors import ScorerContractError
+from pipeline.padding import pad_lists
 from pipeline.scoring import score_pool
 from tests.builders import make_sample_table, make_sum_scorer
+from tests.models.builders import ARCHITECTURES, make_pool, tiny_config
 
 
 @pytest.fixture
@@ -80,3 +85,32 @@ def test_failed_scoring_leaves_no_output(tmp_path: Path, samples: Path) -> None:
     with pytest.raises(ScorerContractError, match=r"non-finite loss nan for sample 's001'"):
         run_scoring(tmp_path, scorer, bad, ["s000", "s001", "s002"])
     assert list(tmp_path.glob("*raw*")) == []
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_length_sorted_batches_score_as_each_sample_alone(tmp_path: Path, arch: str) -> None:
+    """Scoring regroups rows by length; every loss must still be the sample's own, as
+    scored unpadded in a batch of one."""
+    from models.export import export_scorer
+    from models.trainer import train_epoch
+
+    pool, vocab = make_pool(n=40)
+    pool = pool.append_column("sample_id", pa.array([f"p{i:02d}" for i in range(40)]))
+    train_epoch(pool, tmp_path, vocab.size, tiny_config(arch), TrainConfig(8, 1e-2), 0, 0)
+    scorer = tmp_path / "scorer.onnx"
+    export_scorer(tmp_path, scorer)
+    samples = tmp_path / "samples.parquet"
+    pq.write_table(pool, samples)
+    _, table = run_scoring(tmp_path, scorer, samples, pool.column("sample_id").to_pylist(), 4)
+    session = ort.InferenceSession(str(scorer), providers=["CPUExecutionProvider"])
+    alone = [
+        session.run(
+            ["loss"],
+            {name: pad_lists(pool.column(name)[i : i + 1], 0) for name in ("tokens", "loss_mask")},
+        )[0][0]
+        for i in range(40)
+    ]
+    scored = dict(zip(table["sample_id"].to_pylist(), table["loss"].to_pylist(), strict=True))
+    in_pool_order = [scored[f"p{i:02d}"] for i in range(40)]
+    assert table["sample_id"].to_pylist() != pool.column("sample_id").to_pylist()
+    np.testing.assert_allclose(in_pool_order, alone, rtol=0, atol=1e-6)
