@@ -20,7 +20,7 @@ from pipeline.cli.app import (
     with_data_options,
 )
 from pipeline.cli.run import manifest_summary
-from pipeline.config import PolicyConfig, RunConfig
+from pipeline.config import PolicyConfig, RunConfig, ScoringConfig
 from pipeline.ingest import load_samples
 from pipeline.policies import POLICIES
 from pipeline.pruning import pool_ids
@@ -51,7 +51,7 @@ from pipeline.store import RunLayout
 )
 @click.option("--round", "round_index", default=0, show_default=True)
 @click.option("--epoch", default=1, show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
+@click.option("--batch-size", default=ScoringConfig().batch_size, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @STORE_OPTION
 @JSON_OPTION
