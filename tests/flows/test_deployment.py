@@ -113,8 +113,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         log.close()
 
 
+# What Prefect's own client retries: a server busy with its SQLite database answers 503.
+RETRIED_STATUSES = {429, 502, 503}
+
+
 def _api(env: dict[str, str], method: str, path: str, **kwargs: Any) -> Any:
-    response = httpx.request(method, env["PREFECT_API_URL"] + path, timeout=30, **kwargs)
+    for attempt in range(20):
+        response = httpx.request(method, env["PREFECT_API_URL"] + path, timeout=30, **kwargs)
+        if response.status_code not in RETRIED_STATUSES:
+            break
+        time.sleep(0.5 * (attempt + 1))
     response.raise_for_status()
     return response.json()
 
