@@ -25,7 +25,7 @@ from models.export import export_scorer
 from models.trainer import TrainStats, train_epoch
 from pipeline import sharding
 from pipeline.config import RunConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import STORAGE_ERRNOS, PipelineError
 from pipeline.external_trainer import ExternalTrainStats, train_external_epoch
 from pipeline.pruning import StepInputs, pool_ids, prune_step, reset_pool
 from pipeline.resume import (
@@ -44,14 +44,7 @@ from pipeline.store import RunLayout, read_samples_subset, sha256_file, temporar
 TRAIN_COLUMNS = ["sample_id", "tokens", "loss_mask", "n_tokens"]
 
 # A full or read-only disk, or a missing file, fails the same way on every try.
-PERMANENT_ERRNOS = {
-    errno.ENOSPC,
-    errno.EROFS,
-    errno.EACCES,
-    errno.EPERM,
-    errno.EDQUOT,
-    errno.ENOENT,
-}
+PERMANENT_ERRNOS = STORAGE_ERRNOS | {errno.ENOENT}
 
 
 def transient_io(task: Task, task_run: TaskRun, state: State) -> bool:
