@@ -64,11 +64,17 @@ def _previous_scores(start: int, stop: int) -> pl.DataFrame:
 
 
 def prepare(data: Path, rows: int) -> Path:
-    """A store holding one run: samples (sample_id, group), the scores of (0, 1) and the
-    raw losses of (0, 2), the input of the pruning step that is measured."""
+    """A store holding one run: samples (sample_id, group), the parent's pool (every
+    sample, sorted by id as pools are stored), the scores of (0, 1) and the raw losses of
+    (0, 2), the input of the pruning step that is measured."""
     root = data / f"manifests-{rows_label(rows)}"
     run = root / "runs" / RUN
     write_chunked(run / "samples.parquet", rows, samples_chunk)
+    parent_pool = run / "parent-pool.parquet"
+    if not parent_pool.exists():
+        pl.scan_parquet(run / "samples.parquet").select("sample_id", "group").sort(
+            "sample_id"
+        ).sink_parquet(parent_pool)
     write_chunked(run / "scores" / "r00-e001.parquet", rows, _previous_scores)
     write_chunked(root / "raw-r00-e002.parquet", rows, lambda a, b: _losses(a, b).drop("loss_prev"))
     return root
@@ -94,7 +100,7 @@ def child_ours(root: Path, rows: int) -> None:
     layout = RunLayout(root, RUN)
     parent = {
         "id": "0" * 64,
-        "pool": {"path": f"runs/{RUN}/samples.parquet", "size": rows},
+        "pool": {"path": f"runs/{RUN}/parent-pool.parquet", "size": rows},
         "dataset": {"fingerprint": "bench", "samples": rows},
         "tokens": {"trained": 0, "scored": 0},
     }

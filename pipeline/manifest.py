@@ -51,17 +51,29 @@ def pool_hash(sorted_ids: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+class PoolHasher:
+    """`pool_hash` fed with sorted ids a series at a time, as one joined string per slice
+    rather than one Python call per id: the same bytes, 0.26 s per million ids here
+    instead of 0.92 s. The caller feeds the slices in sorted order."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def update(self, sorted_ids: pl.Series) -> None:
+        for start in range(0, sorted_ids.len(), HASH_SLICE_IDS):
+            joined = sorted_ids.slice(start, HASH_SLICE_IDS).str.join("\n").item()
+            self._digest.update(joined.encode())
+            self._digest.update(b"\n")
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 def pool_hash_of_frame(pool: pl.DataFrame) -> str:
-    """`pool_hash` of a frame's ids, fed to sha256 a slice at a time as one joined
-    string, not one Python call per id: the same bytes, 0.26 s per million ids here
-    instead of 0.92 s."""
-    ids = pool.get_column("sample_id").sort()
-    digest = hashlib.sha256()
-    for start in range(0, ids.len(), HASH_SLICE_IDS):
-        joined = ids.slice(start, HASH_SLICE_IDS).str.join("\n").item()
-        digest.update(joined.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
+    """`pool_hash` of a frame's ids, in any order."""
+    hasher = PoolHasher()
+    hasher.update(pool.get_column("sample_id").sort())
+    return hasher.hexdigest()
 
 
 def identity(record: dict[str, Any]) -> dict[str, Any]:
@@ -90,8 +102,8 @@ def encode_record(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def group_counts(frame: pl.DataFrame, column: str = "group") -> dict[str, int]:
-    counts = frame.group_by(column).len().sort(column)
+def group_counts(frame: pl.DataFrame | pl.LazyFrame, column: str = "group") -> dict[str, int]:
+    counts = frame.lazy().group_by(column).len().sort(column).collect()
     return dict(zip(counts[column].to_list(), counts["len"].to_list(), strict=True))
 
 

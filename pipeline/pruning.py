@@ -5,6 +5,8 @@ the surviving pool and its manifest, each written atomically. The logic itself l
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,21 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.config import PolicyConfig
+from pipeline.decision_pass import (
+    DECISION_COLUMNS,
+    Misaligned,
+    PassResult,
+    decision_pass,
+    slices,
+)
 from pipeline.deltas import with_loss_deltas
 from pipeline.errors import ManifestIntegrityError
 from pipeline.manifest import (
     SCHEMA_VERSION,
+    PoolHasher,
     encode_record,
     group_counts,
     load_manifest,
-    pool_hash_of_frame,
     with_id,
 )
 from pipeline.policies import PolicyParams, get_policy, policy_parameters
@@ -29,8 +38,8 @@ from pipeline.store import (
     RunLayout,
     atomic_path,
     sha256_file,
+    temporary_sibling,
     write_immutable,
-    write_parquet_atomic,
 )
 
 log = logging.getLogger("stm.pruning")
@@ -56,18 +65,38 @@ def pool_ids(layout: RunLayout, record: dict[str, Any]) -> pa.Array:
     return pl.read_parquet(path, columns=["sample_id"]).get_column("sample_id").to_arrow()
 
 
-def _write_pool(layout: RunLayout, survivors: pl.DataFrame) -> dict[str, Any]:
-    survivors = survivors.select("sample_id", "group").sort("sample_id")
-    digest = pool_hash_of_frame(survivors)
+def _store_pool(layout: RunLayout, written: Path, digest: str) -> Path:
+    """Move a pool written to a temporary file onto its content address; a pool already
+    stored there (same ids) is kept and the new file dropped."""
     path = layout.pool(digest)
-    if not path.exists():
-        write_parquet_atomic(survivors.to_arrow(), path)
-    return {
-        "path": layout.relative(path),
-        "sha256": digest,
-        "size": survivors.height,
-        "by_group": group_counts(survivors),
-    }
+    if path.exists():
+        written.unlink()
+    else:
+        os.replace(written, path)
+    return path
+
+
+def _pool_entry(
+    layout: RunLayout, path: Path, digest: str, size: int, by_group: dict[str, int]
+) -> dict[str, Any]:
+    return {"path": layout.relative(path), "sha256": digest, "size": size, "by_group": by_group}
+
+
+def _write_sorted_pool(layout: RunLayout, ids: pl.LazyFrame) -> dict[str, Any]:
+    """Sort (sample_id, group) to a pool file and hash it a slice at a time."""
+    tmp = temporary_sibling(layout.pool("pending"))
+    try:
+        ids.select("sample_id", "group").sort("sample_id").sink_parquet(tmp)
+        hasher = PoolHasher()
+        for frame in slices(tmp, ["sample_id"]):
+            hasher.update(frame.get_column("sample_id"))
+        by_group = group_counts(pl.scan_parquet(tmp))
+        size = sum(by_group.values())
+        path = _store_pool(layout, tmp, hasher.hexdigest())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return _pool_entry(layout, path, hasher.hexdigest(), size, by_group)
 
 
 def _policy_entry(config: PolicyConfig, round_index: int) -> dict[str, Any]:
@@ -96,7 +125,8 @@ def reset_pool(
     fingerprint: str,
 ) -> dict[str, Any]:
     """Epoch 0 of a round: the pool is the whole dataset again (Recursive STM)."""
-    samples = pl.read_parquet(layout.samples, columns=["sample_id", "group"])
+    samples = pl.scan_parquet(layout.samples).select("sample_id", "group")
+    pool = _write_sorted_pool(layout, samples)
     tokens = parent["tokens"] if parent else {"trained": 0, "scored": 0}
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -107,8 +137,8 @@ def reset_pool(
         "parent": parent["id"] if parent else None,
         "policy": _policy_entry(policy, round_index),
         "scorer": None,
-        "dataset": {"fingerprint": fingerprint, "samples": samples.height},
-        "pool": _write_pool(layout, samples),
+        "dataset": {"fingerprint": fingerprint, "samples": pool["size"]},
+        "pool": pool,
         "step": None,
         "tokens": {**tokens, "trained_step": 0, "scored_step": 0},
         "metrics": {},
@@ -118,7 +148,7 @@ def reset_pool(
     log.info(
         "round %d: pool reset to all %s samples%s",
         round_index,
-        f"{samples.height:,}",
+        f"{pool['size']:,}",
         "" if floor is None else f", mastery floor {floor:g}",
     )
     return _write_manifest(layout, record)
@@ -147,22 +177,13 @@ def _scored_with_deltas(layout: RunLayout, step: StepInputs) -> Path:
     return path
 
 
-def decide(
-    scores: pl.LazyFrame, groups: pl.LazyFrame, policy: PolicyConfig, round_index: int
-) -> pl.LazyFrame:
-    """Every scored sample with its group, its loss columns, `keep` and `reason`.
-
-    The joins do not validate 1:1 (that doubles their cost at 10M rows): a repeated id
-    comes out repeated, and `record_pruning` refuses it on the sorted result."""
+def decide(scores: pl.LazyFrame, policy: PolicyConfig, round_index: int) -> pl.LazyFrame:
+    """Every scored sample with its loss columns, `keep` and `reason`, in the order of the
+    policy's output (the scores' order for every order-keeping policy). The groups come
+    from the parent pool in `record_decisions`: no join over all samples."""
     params = PolicyParams.for_round(policy, round_index)
-    decisions = get_policy(policy.name)(scores, params)
-    return (
-        decisions.join(
-            scores.select("sample_id", "loss", "loss_prev", "delta"), on="sample_id", how="left"
-        )
-        .join(groups, on="sample_id", how="left")
-        .select("sample_id", "group", "keep", "reason", "loss", "loss_prev", "delta")
-    )
+    decided = get_policy(policy.name)(scores, params)
+    return decided.select(name for name in DECISION_COLUMNS if name != "group")
 
 
 def prune_step(
@@ -175,30 +196,6 @@ def prune_step(
     return record_pruning(layout, parent, _scored_with_deltas(layout, step), step, policy)
 
 
-def _check_scored_pool(
-    scores_path: Path, parent: dict[str, Any], pool: pl.LazyFrame, decided: pl.DataFrame
-) -> None:
-    """The scores must cover exactly the parent's pool, once each: pruning only ever
-    removes. `decided` is sorted by sample_id, so a repeated id is next to itself."""
-    repeated = decided.lazy().filter(pl.col("sample_id") == pl.col("sample_id").shift(1))
-    repeated = repeated.head(1).collect()
-    if repeated.height:
-        raise ManifestIntegrityError(
-            f"{scores_path}: sample '{repeated['sample_id'][0]}' is scored more than once"
-        )
-    stranger = decided.lazy().join(pool, on="sample_id", how="anti").head(1).collect()
-    if stranger.height:
-        raise ManifestIntegrityError(
-            f"{scores_path}: sample '{stranger['sample_id'][0]}' is not in the pool of "
-            f"manifest {parent['id'][:12]}"
-        )
-    if decided.height != parent["pool"]["size"]:
-        raise ManifestIntegrityError(
-            f"{scores_path}: {decided.height} samples scored but the pool of manifest "
-            f"{parent['id']} has {parent['pool']['size']}"
-        )
-
-
 def record_pruning(
     layout: RunLayout,
     parent: dict[str, Any],
@@ -207,29 +204,38 @@ def record_pruning(
     policy: PolicyConfig,
 ) -> dict[str, Any]:
     """Decide on a scores file already in the run, write decisions, pool and manifest."""
-    groups = pl.scan_parquet(layout.samples).select("sample_id", "group")
-    decisions = decide(pl.scan_parquet(scores_path), groups, policy, step.round_index)
-    decided = decisions.collect(engine="streaming").sort("sample_id")
-    return record_decisions(layout, parent, scores_path, decided, step, policy)
+    decisions = decide(pl.scan_parquet(scores_path), policy, step.round_index)
+    return record_decisions(layout, parent, scores_path, decisions, step, policy)
 
 
 def record_decisions(
     layout: RunLayout,
     parent: dict[str, Any],
     scores_path: Path,
-    decided: pl.DataFrame,
+    decisions: pl.LazyFrame,
     step: StepInputs,
     policy: PolicyConfig,
 ) -> dict[str, Any]:
-    """Write decisions already made (sorted by sample_id), the surviving pool and the
-    manifest: the single-process step decides in `record_pruning`, a sharded step merges
-    the shards' decisions (`pipeline.sharding`)."""
-    parent_pool = pl.scan_parquet(layout.resolve(parent["pool"]["path"])).select("sample_id")
-    _check_scored_pool(scores_path, parent, parent_pool, decided)
+    """Write decisions (with their groups, sorted by sample_id), the surviving pool and the
+    manifest in one streaming pass: the single-process step decides in `record_pruning`,
+    a sharded step merges the shards' decisions (`pipeline.sharding`). Nothing is written
+    under its final name before every check passed."""
     decisions_path = layout.decisions(step.round_index, step.epoch)
-    write_parquet_atomic(decided.to_arrow(), decisions_path)
-    dropped = decided.filter(~pl.col("keep"))
-    _log_step(step, decided, dropped)
+    parent_pool = layout.resolve(parent["pool"]["path"])
+    staged = temporary_sibling(decisions_path)
+    pool_tmp = temporary_sibling(layout.pool("pending"))
+    try:
+        decisions.sink_parquet(staged)
+        with atomic_path(decisions_path) as tmp:
+            seen = _checked_pass(staged, parent, parent_pool, tmp, pool_tmp, scores_path)
+        pool_path = _store_pool(layout, pool_tmp, seen.pool_sha256)
+    except BaseException:
+        pool_tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        staged.unlink(missing_ok=True)
+    by_reason = _tally(seen.kept, seen.dropped)[0]
+    _log_step(step, seen)
     tokens = parent["tokens"]
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -245,12 +251,14 @@ def record_decisions(
             else None
         ),
         "dataset": parent["dataset"],
-        "pool": _write_pool(layout, decided.filter(pl.col("keep"))),
+        "pool": _pool_entry(
+            layout, pool_path, seen.pool_sha256, seen.pool_size, _tally(seen.kept)[1]
+        ),
         "step": {
-            "scored": decided.height,
-            "dropped": dropped.height,
-            "by_reason": group_counts(decided, "reason"),
-            "dropped_by_group": group_counts(dropped),
+            "scored": seen.scored,
+            "dropped": seen.scored - seen.pool_size,
+            "by_reason": by_reason,
+            "dropped_by_group": _tally(seen.dropped)[1],
             "scores": {"path": layout.relative(scores_path), "sha256": sha256_file(scores_path)},
             "decisions": {
                 "path": layout.relative(decisions_path),
@@ -269,23 +277,96 @@ def record_decisions(
     return _write_manifest(layout, record)
 
 
-def _log_step(step: StepInputs, decided: pl.DataFrame, dropped: pl.DataFrame) -> None:
-    """One line per pruning step: how many left and why, and why the others stayed."""
-    kept = decided.filter(pl.col("keep"))
+def _checked_pass(
+    staged: Path,
+    parent: dict[str, Any],
+    parent_pool: Path,
+    decisions_out: Path,
+    pool_out: Path,
+    scores_path: Path,
+) -> PassResult:
+    """The decision pass over the staged decisions; if they do not line up with the
+    parent pool, sorted once (a policy may reorder rows) and passed again, and if they
+    still do not, the error that names the wrong sample."""
+    try:
+        return decision_pass(staged, parent_pool, decisions_out, pool_out)
+    except Misaligned:
+        pass
+    resorted = temporary_sibling(staged)
+    pl.scan_parquet(staged).sort("sample_id").sink_parquet(resorted)
+    os.replace(resorted, staged)
+    try:
+        return decision_pass(staged, parent_pool, decisions_out, pool_out)
+    except Misaligned:
+        raise _mismatch(scores_path, parent, parent_pool, staged) from None
 
-    def reasons(frame: pl.DataFrame) -> str:
-        counts = group_counts(frame, "reason")
+
+def _mismatch(
+    scores_path: Path, parent: dict[str, Any], parent_pool: Path, staged: Path
+) -> ManifestIntegrityError:
+    """Why decisions do not cover the parent's pool exactly, once each (pruning only ever
+    removes). Only ever called on the way to an error, so it may hold the ids in memory."""
+    ids = pl.scan_parquet(staged).select("sample_id")
+    repeated = ids.group_by("sample_id").len().filter(pl.col("len") > 1)
+    repeated = repeated.sort("sample_id").head(1).collect()
+    if repeated.height:
+        return ManifestIntegrityError(
+            f"{scores_path}: sample '{repeated['sample_id'][0]}' is scored more than once"
+        )
+    parent_ids = pl.scan_parquet(parent_pool).select("sample_id")
+    stranger = ids.join(parent_ids, on="sample_id", how="anti").sort("sample_id").head(1)
+    stranger = stranger.collect()
+    if stranger.height:
+        return ManifestIntegrityError(
+            f"{scores_path}: sample '{stranger['sample_id'][0]}' is not in the pool of "
+            f"manifest {parent['id'][:12]}"
+        )
+    scored = ids.select(pl.len()).collect().item()
+    if scored != parent["pool"]["size"]:
+        return ManifestIntegrityError(
+            f"{scores_path}: {scored} samples scored but the pool of manifest "
+            f"{parent['id']} has {parent['pool']['size']}"
+        )
+    return ManifestIntegrityError(
+        f"{parent_pool}: the pool of manifest {parent['id'][:12]} is not sorted by "
+        "sample_id, as every pool is written"
+    )
+
+
+def _sorted_counts(counts: Counter[Any]) -> dict[Any, int]:
+    """Counts keyed in the order `group_counts` gives (sorted, a null key first)."""
+    return {key: counts[key] for key in sorted(counts, key=lambda k: (k is not None, k or ""))}
+
+
+def _tally(
+    *tables: dict[tuple[str, str], int],
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Counts by reason and by group over (reason, group) tables, each sorted."""
+    by_reason: Counter[str] = Counter()
+    by_group: Counter[str] = Counter()
+    for table in tables:
+        for (reason, group), count in table.items():
+            by_reason[reason] += count
+            by_group[group] += count
+    return _sorted_counts(by_reason), _sorted_counts(by_group)
+
+
+def _log_step(step: StepInputs, seen: PassResult) -> None:
+    """One line per pruning step: how many left and why, and why the others stayed."""
+
+    def reasons(table: dict[tuple[str, str], int]) -> str:
+        counts = _tally(table)[0]
         return ", ".join(f"{reason} {count:,}" for reason, count in counts.items()) or "none"
 
     log.info(
         "round %d epoch %d: dropped %s of %s (%s); kept %s (%s)",
         step.round_index,
         step.epoch,
-        f"{dropped.height:,}",
-        f"{decided.height:,}",
-        reasons(dropped),
-        f"{kept.height:,}",
-        reasons(kept),
+        f"{seen.scored - seen.pool_size:,}",
+        f"{seen.scored:,}",
+        reasons(seen.dropped),
+        f"{seen.pool_size:,}",
+        reasons(seen.kept),
     )
 
 

@@ -112,8 +112,7 @@ def score_shard(
     with atomic_path(paths.scores) as tmp:
         scores.sink_parquet(tmp)
     raw.unlink()
-    groups = pl.scan_parquet(layout.samples).select("sample_id", "group")
-    decisions = decide(pl.scan_parquet(paths.scores), groups, policy, round_index)
+    decisions = decide(pl.scan_parquet(paths.scores), policy, round_index)
     with atomic_path(paths.decisions) as tmp:
         decisions.sink_parquet(tmp)
     return ShardResult(paths, summary)
@@ -125,9 +124,9 @@ def merge_scores(parts: list[Path], out: Path) -> None:
         pl.scan_parquet(parts).sort("sample_id").sink_parquet(tmp)
 
 
-def merge_decisions(parts: list[Path]) -> pl.DataFrame:
+def merge_decisions(parts: list[Path]) -> pl.LazyFrame:
     """The shards' decisions as one frame, sorted by sample_id."""
-    return pl.read_parquet(parts).sort("sample_id")
+    return pl.scan_parquet(parts).sort("sample_id")
 
 
 def merged_summary(summaries: list[ScoreSummary]) -> ScoreSummary:
