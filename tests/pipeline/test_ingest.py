@@ -10,7 +10,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from pipeline import ingest
 from pipeline.config import DataConfig
 from pipeline.errors import (
     DatasetError,
@@ -447,3 +450,120 @@ def test_fingerprint_is_pinned() -> None:
     )
     table = make_table(2).take([1, 0])
     assert dataset_fingerprint(table) == hashlib.sha256(canonical).hexdigest()
+
+
+TRICKY_TEXTS = [
+    'say "hi"',
+    "back\\slash \\u0041 \\n",
+    "tab\tnew\nline\rcr\bbs\fff",
+    "\x00\x01\x1f\x7f",
+    "",
+    None,
+    " ~ printable ASCII !#$%&'()*+,-./:;<=>?@[]^_`{|}",
+    "é ü",
+    "line\u2028sep\u2029",
+    "emoji 😀 and \ud7ff",
+    "null",
+]
+
+
+def tricky_table(n: int = len(TRICKY_TEXTS)) -> pa.Table:
+    texts = (TRICKY_TEXTS * n)[:n]
+    return pa.table(
+        {
+            "sample_id": [f"id-{(i * 7919) % n:05d}" for i in range(n)],
+            "text": texts,
+            "large": pa.array(list(reversed(texts)), pa.large_string()),
+            "int64": pa.array([(-1) ** i * (2**63 - 1 - i) for i in range(n)], pa.int64()),
+            "uint64": pa.array([2**64 - 1 - i if i % 3 else None for i in range(n)], pa.uint64()),
+            "int8": pa.array([-128 + i % 256 for i in range(n)], pa.int8()),
+            "flag": [None if i % 5 == 0 else i % 2 == 0 for i in range(n)],
+            "empty": pa.nulls(n),
+        }
+    )
+
+
+def json_lines_sha256(table: pa.Table) -> str:
+    """The fingerprint's definition, written out independently of `pipeline.ingest`."""
+    names = sorted(table.column_names)
+    rows = sorted(table.select(names).to_pylist(), key=lambda row: row["sample_id"])
+    encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+    lines = [names, *(list(row.values()) for row in rows)]
+    text = "".join(encoder.encode(values) + "\n" for values in lines)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("batch_rows", [1, 4, 65_536])
+def test_fast_fingerprint_is_the_reference(
+    monkeypatch: pytest.MonkeyPatch, batch_rows: int
+) -> None:
+    monkeypatch.setattr(ingest, "FINGERPRINT_BATCH_ROWS", batch_rows)
+    table = tricky_table(3 * len(TRICKY_TEXTS))
+    expected = json_lines_sha256(table)
+    assert ingest._reference_fingerprint(table) == expected
+    assert ingest._fast_fingerprint(table) == expected
+    assert dataset_fingerprint(table) == expected
+
+
+def test_fast_fingerprint_takes_floats_through_python_repr() -> None:
+    values = [0.1, -0.0, 1e-7, 1e16, 1.5e300, float("nan"), float("inf"), float("-inf"), None]
+    table = pa.table(
+        {
+            "sample_id": [f"s{i}" for i in range(len(values))],
+            "f64": values,
+            "f32": pa.array(values, pa.float32()),
+        }
+    )
+    assert ingest._fast_fingerprint(table) == json_lines_sha256(table)
+    assert dataset_fingerprint(table) == json_lines_sha256(table)
+
+
+def test_fast_fingerprint_orders_ties_and_nulls_as_pyarrow() -> None:
+    table = pa.table(
+        {"sample_id": ["b", None, "a", "b", None, "Z", "é"], "n": [1, 2, 3, 4, 5, 6, 7]}
+    )
+    assert ingest._fast_fingerprint(table) == ingest._reference_fingerprint(table)
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.array([b"\x00\xff", None, b""], pa.binary()),
+        pa.array([[1, 2], None, []], pa.list_(pa.int64())),
+        pa.array(["x", "y", "x"]).dictionary_encode(),
+        pa.array([1, None, 3], pa.date32()),
+        pa.array([{"b": 1, "a": "é"}, None, {"b": 2, "a": ""}]),
+    ],
+)
+def test_fingerprint_of_other_types_is_the_reference(column: pa.Array) -> None:
+    table = pa.table({"sample_id": ["c", "a", "b"], "other": column, "text": ["é", "\n", None]})
+    assert dataset_fingerprint(table) == json_lines_sha256(table)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.text(st.characters(max_codepoint=0x7F), max_size=12),
+            st.one_of(st.none(), st.text(max_size=8)),
+            st.one_of(st.none(), st.integers(min_value=-(2**63), max_value=2**63 - 1)),
+            st.one_of(st.none(), st.booleans()),
+        ),
+        min_size=1,
+        max_size=40,
+        unique_by=lambda row: row[0],
+    )
+)
+def test_fast_fingerprint_is_the_reference_on_random_rows(
+    rows: list[tuple[str, str | None, int | None, bool | None]],
+) -> None:
+    ids, texts, ints, flags = zip(*rows, strict=True)
+    table = pa.table(
+        {
+            "sample_id": list(ids),
+            "text": list(texts),
+            "n": pa.array(ints, pa.int64()),
+            "flag": pa.array(flags, pa.bool_()),
+        }
+    )
+    assert ingest._fast_fingerprint(table) == ingest._reference_fingerprint(table)
