@@ -20,6 +20,7 @@ from pipeline.decision_pass import (
     Misaligned,
     PassResult,
     decision_pass,
+    row_count,
     slices,
 )
 from pipeline.deltas import with_loss_deltas
@@ -34,6 +35,7 @@ from pipeline.manifest import (
 )
 from pipeline.policies import PolicyParams, get_policy, policy_parameters
 from pipeline.runs import read_run_record
+from pipeline.sorted_sink import sink_sorted
 from pipeline.store import (
     RunLayout,
     atomic_path,
@@ -159,9 +161,15 @@ def write_scores(
 ) -> None:
     """Write a scores file atomically: raw losses joined to the previous pass, sorted by
     sample_id so identical scores give identical bytes."""
-    scores = with_loss_deltas(pl.scan_parquet(raw), previous, round_index, epoch)
+    inputs = {"current": pl.scan_parquet(raw)}
+    if previous is not None:
+        inputs["previous"] = previous
+
+    def build(current: pl.LazyFrame, previous: pl.LazyFrame | None = None) -> pl.LazyFrame:
+        return with_loss_deltas(current, previous, round_index, epoch)
+
     with atomic_path(out) as tmp:
-        scores.sort("sample_id").sink_parquet(tmp)
+        sink_sorted(inputs, build, tmp, row_count(raw))
 
 
 def _scored_with_deltas(layout: RunLayout, step: StepInputs) -> Path:

@@ -15,9 +15,11 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.config import PolicyConfig
+from pipeline.decision_pass import row_count
 from pipeline.deltas import with_loss_deltas
 from pipeline.pruning import StepInputs, decide, record_decisions
 from pipeline.scoring import SORT_WINDOW_BATCHES, ScoreSummary, score_pool
+from pipeline.sorted_sink import sink_sorted
 from pipeline.store import RunLayout, atomic_path, step_name
 
 
@@ -120,8 +122,10 @@ def score_shard(
 
 def merge_scores(parts: list[Path], out: Path) -> None:
     """The shards' scores as one file, sorted by sample_id as a single pass writes it."""
+    merged = pl.scan_parquet(parts)
+    rows = sum(row_count(part) for part in parts)
     with atomic_path(out) as tmp:
-        pl.scan_parquet(parts).sort("sample_id").sink_parquet(tmp)
+        sink_sorted({"merged": merged}, lambda merged: merged, tmp, rows)
 
 
 def merge_decisions(parts: list[Path]) -> pl.LazyFrame:
