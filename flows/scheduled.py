@@ -10,6 +10,7 @@ reader of the UI needs, not a traceback."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
 from flows.inputs import prepare_inputs
-from flows.stm_flow import StepReport, curate
+from flows.stm_flow import RunResult, StepReport, curate, flow_for
 from pipeline.config import RunConfig, resolve_config
 from pipeline.errors import STORAGE_ERRNOS, PipelineError
 from pipeline.launch import plan_run
@@ -100,7 +101,7 @@ def scheduled_curation(
             Path(resolved.store).resolve(),
         )
         with run_lock(plan.layout):
-            result = curate(
+            result = curation(plan.config)(
                 plan.config,
                 inputs,
                 report=lambda step: _log_step(logger, step),
@@ -116,6 +117,16 @@ def scheduled_curation(
         logger.error("%s", message)
         return Failed(message=message)
     return _summary(result.layout.run_dir, result.manifests[-1])
+
+
+def curation(config: RunConfig) -> Callable[..., RunResult]:
+    """What runs the curation: with the local engine, `curate` in this flow run (its task
+    runs, logs and artifacts on it). With the Dask engine, the flow `stm run --engine dask`
+    runs, as a subflow: a flow run's task runner is fixed when the run starts, before this
+    flow has read the config, and only a subflow can start with the Dask one."""
+    if config.scale.engine == "dask":
+        return flow_for(config)
+    return curate
 
 
 def _log_step(logger: Any, step: StepReport) -> None:

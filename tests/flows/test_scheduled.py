@@ -1,15 +1,18 @@
 """The deployment's flow in-process (ephemeral Prefect): each night's data is a new run in
-the same store, the two nights' final pools diff, and a pipeline error ends the flow run
-Failed with the pipeline's one-line message."""
+the same store, the two nights' final pools diff, a config with the Dask engine scores on
+Dask as `stm run` does, and a pipeline error ends the flow run Failed with the pipeline's
+one-line message."""
 
 from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from prefect_dask import DaskTaskRunner
 
 from flows.scheduled import scheduled_curation
 from pipeline.cli import cli
@@ -35,6 +38,13 @@ name = "standard"  # keeps every sample: the final pool is the night's data
 [scoring]
 batch_size = 16
 threads = 1
+"""
+
+DASK_SCALE = """
+[scale]
+engine = "dask"
+dask_workers = 1
+shards = 2
 """
 
 
@@ -103,3 +113,29 @@ def test_a_full_disk_fails_the_flow_run_in_one_line(
     state = scheduled_curation(store=str(tmp_path / "store"), return_state=True)
     assert state.is_failed()
     assert state.message == f"{tmp_path / 'store'}: No space left on device"
+
+
+def test_a_scheduled_run_with_the_dask_engine_scores_its_shards_on_dask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitted: list[str] = []
+    submit = DaskTaskRunner.submit
+
+    def recording_submit(runner: DaskTaskRunner, task: Any, *args: Any, **kwargs: Any) -> Any:
+        submitted.append(task.name)
+        return submit(runner, task, *args, **kwargs)
+
+    monkeypatch.setattr(DaskTaskRunner, "submit", recording_submit)
+    night = str(_night(tmp_path / "night.jsonl", 0, 6))
+    final = {}
+    for engine, scale in (("local", ""), ("dask", DASK_SCALE)):
+        config = tmp_path / f"{engine}.toml"
+        config.write_text(CONFIG + scale)
+        final[engine] = scheduled_curation(
+            config=str(config), store=str(tmp_path / engine), data=night, id_column="id",
+            group_column="group", run_id="night",
+        )  # fmt: skip
+
+    assert submitted and set(submitted) == {"score-shard"}  # the Dask run's shard tasks
+    assert final["dask"]["manifest"] == final["local"]["manifest"]
+    assert final["dask"]["pool"] == final["local"]["pool"] == 24
