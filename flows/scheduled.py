@@ -21,6 +21,7 @@ from prefect.states import Failed, State
 from flows.inputs import prepare_inputs
 from flows.stm_flow import RunResult, StepReport, curate, flow_for
 from pipeline.config import RunConfig, resolve_config
+from pipeline.dask_cluster import check_scheduler
 from pipeline.errors import STORAGE_ERRNOS, PipelineError
 from pipeline.launch import plan_run
 from pipeline.pruning import run_manifests
@@ -89,6 +90,7 @@ def scheduled_curation(
         resolved = deployment_config(
             config, store, data, eval_data, id_column, group_column, seed, run_id
         )
+        check_scheduler(resolved)
         inputs = prepare_inputs(resolved)
         plan = plan_run(resolved, inputs.fingerprint, datetime.now(UTC))
         if plan.state == "complete":

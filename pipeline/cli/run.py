@@ -25,9 +25,9 @@ from pipeline.cli.app import (
     progress,
 )
 from pipeline.config import RunConfig, resolve_config
+from pipeline.dask_cluster import check_scheduler
 from pipeline.dry_run import describe_run, render_text
 from pipeline.errors import (
-    DaskUnavailable,
     PrefectUnavailable,
     StoreError,
 )
@@ -65,7 +65,6 @@ OPTION_KEYS = {
 }
 
 # How long `stm run` waits for a Dask scheduler to answer before giving up.
-DASK_CONNECT_SECONDS = 10
 
 
 def _prefect_target(store: Path) -> dict[str, str]:
@@ -275,7 +274,7 @@ def run(
     overrides["store"] = str(flags["store"]) if flags["store"] else None
     options = {key: f"--{name.replace('_', '-')}" for name, key in OPTION_KEYS.items()}
     config = resolve_config(config_path, overrides, options)
-    _check_dask_scheduler(config)
+    check_scheduler(config)
     from flows.inputs import prepare_inputs
 
     with progress("Preparing data"):
@@ -322,24 +321,6 @@ def _check_prefect_server() -> None:
     except httpx.HTTPError as err:
         raise PrefectUnavailable(
             f"PREFECT_API_URL={url}: Prefect server not reachable ({err})"
-        ) from err
-
-
-def _check_dask_scheduler(config: RunConfig) -> None:
-    """With a Dask cluster address, fail in one line before any work if no scheduler
-    answers there, rather than with a traceback after the first epoch's training."""
-    address = config.scale.dask_address
-    if config.scale.engine != "dask" or address is None:
-        return
-    from distributed import Client
-
-    try:
-        with Client(address, timeout=DASK_CONNECT_SECONDS, set_as_default=False):
-            pass
-    except (OSError, ValueError, TypeError) as err:
-        reason = " ".join(str(err).split())
-        raise DaskUnavailable(
-            f"scale.dask_address={address}: Dask scheduler not reachable ({reason})"
         ) from err
 
 

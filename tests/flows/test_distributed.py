@@ -72,7 +72,7 @@ def test_shard_parts_are_removed_once_merged(both_runs) -> None:
 def test_an_unreachable_dask_address_fails_in_one_line_before_any_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pipeline.cli.run.DASK_CONNECT_SECONDS", 1)
+    monkeypatch.setattr("pipeline.dask_cluster.CONNECT_SECONDS", 1)
     store = tmp_path / "store"
     args = ["run", "--store", str(store), "--engine", "dask", "--dask-address", "tcp://127.0.0.1:1"]
     result = CliRunner().invoke(cli, args)

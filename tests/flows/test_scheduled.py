@@ -139,3 +139,23 @@ def test_a_scheduled_run_with_the_dask_engine_scores_its_shards_on_dask(
     assert submitted and set(submitted) == {"score-shard"}  # the Dask run's shard tasks
     assert final["dask"]["manifest"] == final["local"]["manifest"]
     assert final["dask"]["pool"] == final["local"]["pool"] == 24
+
+
+def test_an_unreachable_dask_cluster_fails_the_flow_run_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pipeline.dask_cluster.CONNECT_SECONDS", 1)
+    config = tmp_path / "dask.toml"
+    config.write_text(CONFIG + DASK_SCALE + 'dask_address = "tcp://127.0.0.1:1"\n')
+    night = str(_night(tmp_path / "night.jsonl", 0, 6))
+    store = tmp_path / "store"
+    state = scheduled_curation(
+        config=str(config), store=str(store), data=night, id_column="id",
+        group_column="group", return_state=True,
+    )  # fmt: skip
+    assert state.is_failed()
+    assert state.message == (
+        "scale.dask_address=tcp://127.0.0.1:1: Dask scheduler not reachable "
+        "(Timed out trying to connect to tcp://127.0.0.1:1 after 1 s)"
+    )
+    assert not (store / "runs").exists()
