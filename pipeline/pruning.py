@@ -84,11 +84,13 @@ def _pool_entry(
     return {"path": layout.relative(path), "sha256": digest, "size": size, "by_group": by_group}
 
 
-def _write_sorted_pool(layout: RunLayout, ids: pl.LazyFrame) -> dict[str, Any]:
-    """Sort (sample_id, group) to a pool file and hash it a slice at a time."""
+def _write_sorted_pool(layout: RunLayout, source: Path) -> dict[str, Any]:
+    """Sort the (sample_id, group) of a file to a pool file in bounded memory and hash it
+    a slice at a time."""
     tmp = temporary_sibling(layout.pool("pending"))
     try:
-        ids.select("sample_id", "group").sort("sample_id").sink_parquet(tmp)
+        ids = pl.scan_parquet(source).select("sample_id", "group")
+        sink_sorted({"ids": ids}, lambda ids: ids, tmp, row_count(source))
         hasher = PoolHasher()
         for frame in slices(tmp, ["sample_id"]):
             hasher.update(frame.get_column("sample_id"))
@@ -127,8 +129,7 @@ def reset_pool(
     fingerprint: str,
 ) -> dict[str, Any]:
     """Epoch 0 of a round: the pool is the whole dataset again (Recursive STM)."""
-    samples = pl.scan_parquet(layout.samples).select("sample_id", "group")
-    pool = _write_sorted_pool(layout, samples)
+    pool = _write_sorted_pool(layout, layout.samples)
     tokens = parent["tokens"] if parent else {"trained": 0, "scored": 0}
     record = {
         "schema_version": SCHEMA_VERSION,
