@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import re
 import shlex
@@ -81,11 +82,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Which policy prunes the pool, and its parameters.
+    """Which policy prunes the pool, and its parameters (docs/policies.md says which
+    policy reads which).
 
     `delta` is the loss drop that counts as sharp: in nats when `delta_mode` is
     "absolute", as a fraction of `loss_prev` when "relative". `floor` is the mastery floor
-    of round 0; round r uses `floor * tighten**r`.
+    of round 0; round r uses `floor * tighten**r`. `stm` drops nothing in the first
+    `warmup` epochs of a round and only once its condition held on `patience` passes in a
+    row. `ceiling` is the loss above which a sample that does not fall sharply counts as
+    hopeless (anti-stm, dual-stm). `random` follows the pool sizes of the run
+    `reference_run` in the same store, drawing from `seed`. `selective-repetition` keeps,
+    after epoch e, the fraction `schedule[e-1]` of the dataset (the last one after the
+    list ends), ranked by the sample table's `rank_column` or else by loss, in
+    `rank_order` (unset: high scores first for a rank column, low losses first).
     """
 
     name: str = "stm"
@@ -93,9 +102,27 @@ class PolicyConfig:
     delta_mode: Literal["absolute", "relative"] = "absolute"
     floor: float = 0.3
     tighten: float = 0.5
+    warmup: int = 0
+    patience: int = 1
+    ceiling: float = 1.0
+    reference_run: str | None = None
+    seed: int = 0
+    schedule: tuple[float, ...] = (1.0, 1.0, 0.5, 0.3, 0.1)
+    rank_column: str | None = None
+    rank_order: Literal["low_first", "high_first"] | None = None
 
     def floor_for_round(self, round_index: int) -> float:
         return self.floor * self.tighten**round_index
+
+    def resolved_rank_order(self) -> Literal["low_first", "high_first"]:
+        if self.rank_order is not None:
+            return self.rank_order
+        return "high_first" if self.rank_column is not None else "low_first"
+
+
+# Policy keys added after runs were first recorded: a run's config fingerprint leaves
+# them out while they hold their defaults, so runs started before they existed resume.
+POLICY_KEYS_ADDED_LATER = ("warmup", "patience", "ceiling", "seed", "schedule")
 
 
 @dataclass(frozen=True)
@@ -259,6 +286,16 @@ class RunConfig:
             )
         if not 0 < policy.tighten <= 1:
             yield "policy.tighten", "must be in (0, 1]"
+        yield from _at_least(0, **{"policy.warmup": policy.warmup})
+        yield from _at_least(1, **{"policy.patience": policy.patience})
+        if not policy.ceiling > 0:
+            yield "policy.ceiling", "must be positive"
+        if not 0 <= policy.seed <= MAX_SEED:
+            yield "policy.seed", "must be between 0 and 2**63 - 1"
+        yield from _reference_problems(policy, self.run_id)
+        yield from _schedule_problems(policy.schedule)
+        if policy.rank_column is not None and not policy.rank_column.strip():
+            yield "policy.rank_column", "must not be empty"
 
     def _trainer_problems(self) -> Iterator[tuple[str, str]]:
         trainer = self.trainer
@@ -293,6 +330,29 @@ class RunConfig:
                     "scale.dask_address",
                     'is only used with scale.engine = "dask" (--engine dask)',
                 )
+
+
+def _reference_problems(policy: PolicyConfig, run_id: str | None) -> Iterator[tuple[str, str]]:
+    reference = policy.reference_run
+    if reference is None:
+        if policy.name == "random":
+            yield (
+                "policy.reference_run",
+                'must be set with policy.name = "random": the run whose pool sizes it follows',
+            )
+    elif not RUN_ID_PATTERN.fullmatch(reference):
+        yield "policy.reference_run", f"{reference!r} is not a run id"
+    elif reference == run_id:
+        yield "policy.reference_run", "must be another run than this one"
+
+
+def _schedule_problems(schedule: tuple[float, ...]) -> Iterator[tuple[str, str]]:
+    if not schedule:
+        yield "policy.schedule", "must not be empty"
+    elif not all(0 < fraction <= 1 for fraction in schedule):
+        yield "policy.schedule", "every fraction must be in (0, 1]"
+    elif any(later > earlier for earlier, later in itertools.pairwise(schedule)):
+        yield "policy.schedule", "must not increase: a pool only shrinks within a round"
 
 
 # Torch seeds its generators from a signed 64-bit integer, as large as TOML's.
@@ -354,6 +414,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(
+                f"config key {key}: expected an array, got {_toml_value(value)}", key=key
+            )
+        return tuple(_coerce(item, args[0], key) for item in value)
     if origin is Literal:
         if not isinstance(value, str) or value not in args:
             choices = ", ".join(_toml_value(a) for a in args)

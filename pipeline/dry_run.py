@@ -13,7 +13,7 @@ from pipeline.config import RunConfig, dumps_toml, to_dict
 from pipeline.errors import StoreError
 from pipeline.launch import RunPlan
 from pipeline.manifest import group_counts
-from pipeline.policies import PolicyParams, policy_parameters
+from pipeline.policies import policy_parameters
 from pipeline.pruning import run_manifests
 from pipeline.resume import is_being_written
 from pipeline.runs import RunInputs
@@ -90,10 +90,7 @@ def _run_target(plan: RunPlan) -> dict[str, Any]:
 
 def _plan(config: RunConfig) -> dict[str, Any]:
     policy = config.policy
-    per_round = [
-        policy_parameters(policy.name, PolicyParams.for_round(policy, r))
-        for r in range(config.rounds)
-    ]
+    per_round = [policy_parameters(policy.name, policy, r) for r in range(config.rounds)]
     policy_plan: dict[str, Any] = {"name": policy.name, **per_round[0]}
     if "floor" in per_round[0]:
         policy_plan["tighten"] = policy.tighten
@@ -160,14 +157,22 @@ def _state_line(run: dict[str, Any], plan: dict[str, Any]) -> str:
 
 
 def _policy_line(policy: dict[str, Any]) -> str:
-    if "floor" not in policy:
+    """STM's rule in words; any other policy by its parameters (docs/policies.md)."""
+    params = {k: v for k, v in policy.items() if k not in ("name", "tighten", "floor_by_round")}
+    floors = ""
+    if "floor_by_round" in policy:
+        per_round = ", ".join(f"{floor:g}" for floor in policy["floor_by_round"])
+        floors = f"floor per round {per_round} (x{policy['tighten']:g} each round)"
+    if policy["name"] == "stm":
+        extra = "".join(f"; {key} {params[key]}" for key in ("warmup", "patience") if key in params)
+        return (
+            f"{policy['name']}: drop when the loss fell by >= {policy['delta']:g} "
+            f"({policy['delta_mode']}) and is <= the floor; {floors}{extra}"
+        )
+    if not params:
         return f"{policy['name']}: keeps every sample"
-    floors = ", ".join(f"{floor:g}" for floor in policy["floor_by_round"])
-    return (
-        f"{policy['name']}: drop when the loss fell by >= {policy['delta']:g} "
-        f"({policy['delta_mode']}) and is <= the floor; floor per round {floors} "
-        f"(x{policy['tighten']:g} each round)"
-    )
+    listed = ", ".join(f"{key} {value}" for key, value in params.items() if key != "floor")
+    return f"{policy['name']}: " + "; ".join(part for part in (listed, floors) if part)
 
 
 def _trainer_line(trainer: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from pipeline.decision_pass import (
     slices,
 )
 from pipeline.deltas import with_loss_deltas
-from pipeline.errors import ManifestIntegrityError
+from pipeline.errors import ConfigError, ManifestIntegrityError
 from pipeline.manifest import (
     SCHEMA_VERSION,
     PoolHasher,
@@ -33,7 +33,15 @@ from pipeline.manifest import (
     load_manifest,
     with_id,
 )
-from pipeline.policies import PolicyParams, get_policy, policy_parameters
+from pipeline.policies import (
+    RANK_SCORE,
+    STREAK,
+    PolicyParams,
+    get_policy,
+    policy_parameters,
+    repetition_target,
+    stm_streak,
+)
 from pipeline.runs import read_run_record
 from pipeline.sorted_sink import sink_sorted
 from pipeline.store import (
@@ -104,8 +112,7 @@ def _write_sorted_pool(layout: RunLayout, source: Path) -> dict[str, Any]:
 
 
 def _policy_entry(config: PolicyConfig, round_index: int) -> dict[str, Any]:
-    params = PolicyParams.for_round(config, round_index)
-    return {"name": config.name, "params": policy_parameters(config.name, params)}
+    return {"name": config.name, "params": policy_parameters(config.name, config, round_index)}
 
 
 def _reproduce(layout: RunLayout) -> dict[str, Any]:
@@ -186,13 +193,110 @@ def _scored_with_deltas(layout: RunLayout, step: StepInputs) -> Path:
     return path
 
 
-def decide(scores: pl.LazyFrame, policy: PolicyConfig, round_index: int) -> pl.LazyFrame:
+def decide(
+    scores: pl.LazyFrame,
+    policy: PolicyConfig,
+    round_index: int,
+    params: PolicyParams | None = None,
+) -> pl.LazyFrame:
     """Every scored sample with its loss columns, `keep` and `reason`, in the order of the
     policy's output (the scores' order for every order-keeping policy). The groups come
-    from the parent pool in `record_decisions`: no join over all samples."""
-    params = PolicyParams.for_round(policy, round_index)
+    from the parent pool in `record_decisions`: no join over all samples. `params`: the
+    step's parameters from `policy_inputs`, else the round's (enough for a policy that
+    needs nothing beyond the scores)."""
+    params = params or PolicyParams.for_round(policy, round_index)
     decided = get_policy(policy.name)(scores, params)
     return decided.select(name for name in DECISION_COLUMNS if name != "group")
+
+
+def decide_step(
+    layout: RunLayout, scores: pl.LazyFrame, policy: PolicyConfig, round_index: int, epoch: int
+) -> pl.LazyFrame:
+    """`decide` with what the policy needs from the run resolved first (`policy_inputs`)."""
+    scores, params = policy_inputs(layout, scores, policy, round_index, epoch)
+    return decide(scores, policy, round_index, params)
+
+
+def policy_inputs(
+    layout: RunLayout, scores: pl.LazyFrame, policy: PolicyConfig, round_index: int, epoch: int
+) -> tuple[pl.LazyFrame, PolicyParams]:
+    """The scores and parameters a policy decides a step on, with what it needs from the
+    store: STM's streak over the earlier passes of the round (patience), the sample
+    table's rank column, or the pool size to keep (random, selective-repetition). The
+    policy itself stays a pure function of them."""
+    params = PolicyParams.for_round(policy, round_index)
+    if policy.name == "stm" and policy.patience > 1:
+        scores = _with_streak(layout, scores, params, round_index, epoch)
+    elif policy.name == "random":
+        target = _reference_pool_size(layout, policy, round_index, epoch)
+        params = replace(params, pool_target=target)
+    elif policy.name == "selective-repetition":
+        if policy.rank_column is not None:
+            scores = _with_rank_score(layout, scores, policy.rank_column)
+        dataset_size = _round_reset(layout, round_index)["pool"]["size"]
+        target = repetition_target(policy.schedule, epoch, dataset_size)
+        params = replace(params, pool_target=target)
+    return scores, params
+
+
+def _with_streak(
+    layout: RunLayout, scores: pl.LazyFrame, params: PolicyParams, round_index: int, epoch: int
+) -> pl.LazyFrame:
+    """The scores with `streak`: how many of the previous `patience - 1` passes of the
+    round in a row met STM's condition (their scores files, read with this round's
+    floor); 0 without an earlier pass."""
+    first = max(1, epoch - params.patience + 1)
+    history = [pl.scan_parquet(layout.scores(round_index, e)) for e in range(first, epoch)]
+    if not history:
+        return scores.with_columns(pl.lit(0, dtype=pl.Int32).alias(STREAK))
+    streak = stm_streak(history, params)
+    return scores.join(streak, on="sample_id", how="left", maintain_order="left").with_columns(
+        pl.col(STREAK).fill_null(0)
+    )
+
+
+def _with_rank_score(layout: RunLayout, scores: pl.LazyFrame, column: str) -> pl.LazyFrame:
+    samples = pl.scan_parquet(layout.samples)
+    if column not in samples.collect_schema():
+        raise ConfigError(
+            f"config key policy.rank_column: {layout.samples} has no column {column!r}",
+            key="policy.rank_column",
+        )
+    ranks = samples.select("sample_id", pl.col(column).alias(RANK_SCORE))
+    return scores.join(ranks, on="sample_id", how="left", maintain_order="left")
+
+
+def _round_reset(layout: RunLayout, round_index: int) -> dict[str, Any]:
+    return load_manifest(layout.manifest(round_index, 0))
+
+
+def _reference_pool_size(
+    layout: RunLayout, policy: PolicyConfig, round_index: int, epoch: int
+) -> int:
+    """The pool size of the reference run at (round, epoch), which must have curated the
+    same dataset: its sizes are only comparable on the same samples."""
+    if policy.reference_run is None:
+        raise ConfigError(
+            'config key policy.reference_run: must be set with policy.name = "random"',
+            key="policy.reference_run",
+        )
+    path = RunLayout(layout.root, policy.reference_run).manifest(round_index, epoch)
+    if not path.exists():
+        raise ConfigError(
+            f"config key policy.reference_run: run {policy.reference_run!r} has no manifest "
+            f"for round {round_index} epoch {epoch} ({path} not found)",
+            key="policy.reference_run",
+        )
+    record = load_manifest(path)
+    ours = _round_reset(layout, round_index)["dataset"]["fingerprint"]
+    if record["dataset"]["fingerprint"] != ours:
+        raise ConfigError(
+            f"config key policy.reference_run: run {policy.reference_run!r} curated another "
+            f"dataset (fingerprint {record['dataset']['fingerprint'][:12]}, this run's "
+            f"{ours[:12]})",
+            key="policy.reference_run",
+        )
+    return record["pool"]["size"]
 
 
 def prune_step(
@@ -213,7 +317,8 @@ def record_pruning(
     policy: PolicyConfig,
 ) -> dict[str, Any]:
     """Decide on a scores file already in the run, write decisions, pool and manifest."""
-    decisions = decide(pl.scan_parquet(scores_path), policy, step.round_index)
+    scores = pl.scan_parquet(scores_path)
+    decisions = decide_step(layout, scores, policy, step.round_index, step.epoch)
     return record_decisions(layout, parent, scores_path, decisions, step, policy)
 
 

@@ -16,7 +16,13 @@ from typing import Any
 import pyarrow as pa
 import tomli_w
 
-from pipeline.config import RunConfig, dumps_toml, to_dict
+from pipeline.config import (
+    POLICY_KEYS_ADDED_LATER,
+    PolicyConfig,
+    RunConfig,
+    dumps_toml,
+    to_dict,
+)
 from pipeline.errors import StoreError
 from pipeline.store import RunLayout, list_runs, write_parquet_atomic, write_text_atomic
 
@@ -63,6 +69,10 @@ def config_fingerprint(config: RunConfig) -> str:
     a run resumed on another cluster still matches."""
     values = to_dict(replace(config, store=".", run_id=None))
     values.pop("scale", None)
+    defaults = to_dict(PolicyConfig())
+    for key in POLICY_KEYS_ADDED_LATER:
+        if values["policy"].get(key) == defaults[key]:
+            del values["policy"][key]
     return hashlib.sha256(tomli_w.dumps(values).encode()).hexdigest()
 
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 from pipeline.config import PolicyConfig
 from pipeline.decision_pass import row_count
 from pipeline.deltas import with_loss_deltas
-from pipeline.pruning import StepInputs, decide, record_decisions
+from pipeline.policies import is_row_local
+from pipeline.pruning import StepInputs, decide_step, record_decisions, record_pruning
 from pipeline.scoring import SORT_WINDOW_BATCHES, ScoreSummary, score_pool
 from pipeline.sorted_sink import sink_sorted
 from pipeline.store import RunLayout, atomic_path, step_name
@@ -100,9 +101,11 @@ def score_shard(
     batch_size: int,
     threads: int,
 ) -> ShardResult:
-    """Score one shard, join its losses to the previous pass of the round and decide on
-    each of its samples. Deciding per shard is exact because every policy decides a sample
-    from its own row (tests/pipeline/test_sharding.py holds each registered policy to it)."""
+    """Score one shard, join its losses to the previous pass of the round and, for a
+    row-local policy, decide on each of its samples. Deciding per shard is exact because
+    such a policy decides a sample from its own row (tests/pipeline/test_sharding.py holds
+    each of them to it); a policy that needs the whole pool (counts, ranks) decides on the
+    merged scores in `record_sharded_step`."""
     paths = shard_paths(layout, round_index, epoch, shard)
     paths.scores.parent.mkdir(parents=True, exist_ok=True)
     raw = paths.scores.with_suffix(".raw.parquet")
@@ -114,9 +117,11 @@ def score_shard(
     with atomic_path(paths.scores) as tmp:
         scores.sink_parquet(tmp)
     raw.unlink()
-    decisions = decide(pl.scan_parquet(paths.scores), policy, round_index)
-    with atomic_path(paths.decisions) as tmp:
-        decisions.sink_parquet(tmp)
+    if is_row_local(policy.name):
+        scored = pl.scan_parquet(paths.scores)
+        decisions = decide_step(layout, scored, policy, round_index, epoch)
+        with atomic_path(paths.decisions) as tmp:
+            decisions.sink_parquet(tmp)
     return ShardResult(paths, summary)
 
 
@@ -150,11 +155,15 @@ def record_sharded_step(
     policy: PolicyConfig,
 ) -> dict[str, Any]:
     """Merge the shards of a step into its scores and decisions, write its pool and
-    manifest as a single-process step would, then drop the parts. A retry after a failure
-    merges the same parts again: they are removed last."""
+    manifest as a single-process step would, then drop the parts. A policy that is not
+    row-local decides here, on the merged scores, as the single-process step does. A
+    retry after a failure merges the same parts again: they are removed last."""
     scores_path = layout.scores(step.round_index, step.epoch)
     merge_scores([r.paths.scores for r in results], scores_path)
-    decided = merge_decisions([r.paths.decisions for r in results])
-    record = record_decisions(layout, parent, scores_path, decided, step, policy)
+    if is_row_local(policy.name):
+        decided = merge_decisions([r.paths.decisions for r in results])
+        record = record_decisions(layout, parent, scores_path, decided, step, policy)
+    else:
+        record = record_pruning(layout, parent, scores_path, step, policy)
     shutil.rmtree(parts_dir(layout, step.round_index, step.epoch), ignore_errors=True)
     return record

@@ -73,13 +73,17 @@ def test_a_huge_row_is_named_not_trained_on(tmp_path: Path) -> None:
             "nested_unknown_key.toml",
             [
                 "unknown config key policy.flor, did you mean 'floor'? "
-                "(known in [policy]: delta, delta_mode, floor, name, tighten)"
+                "(known in [policy]: ceiling, delta, delta_mode, floor, name, patience, "
+                "rank_column, rank_order, reference_run, schedule, seed, tighten, warmup)"
             ],
         ),
         ("misplaced_key.toml", ["unknown config key floor, did you mean 'floor' in [policy]?"]),
         (
             "unknown_policy.toml",
-            ['config key policy.name: unknown policy "stn", did you mean "stm"? (known: standard'],
+            [
+                'config key policy.name: unknown policy "stn", did you mean "stm"? '
+                "(known: anti-stm, delta-only"
+            ],
         ),
         (
             "misspelt_choice.toml",

@@ -51,7 +51,8 @@ def test_resolved_config_round_trips_through_toml(tmp_path: Path) -> None:
         (
             "[policy]\nflor = 0.1",
             "unknown config key policy.flor, did you mean 'floor'? "
-            "(known in [policy]: delta, delta_mode, floor, name, tighten)",
+            "(known in [policy]: ceiling, delta, delta_mode, floor, name, patience, "
+            "rank_column, rank_order, reference_run, schedule, seed, tighten, warmup)",
             "policy.flor",
         ),
         ("[polciy]\nfloor = 0.1", "unknown config key polciy, did you mean 'policy'?", "polciy"),
@@ -137,7 +138,11 @@ def test_missing_config_file(tmp_path: Path) -> None:
         ({"scoring.batch_size": -8}, "config key scoring.batch_size: must be at least 1"),
         ({"scoring.threads": 0}, "config key scoring.threads: must be at least 1, got 0"),
         ({"policy.name": "stn"}, 'policy.name: unknown policy "stn", did you mean "stm"?'),
-        ({"policy.name": "x"}, 'unknown policy "x" (known: standard, stm)'),
+        (
+            {"policy.name": "x"},
+            'unknown policy "x" (known: anti-stm, delta-only, dual-stm, floor-only, random, '
+            "selective-repetition, standard, stm)",
+        ),
         ({"policy.delta": -0.1}, "config key policy.delta: must be non-negative"),
         (
             {"policy.delta_mode": "relative", "policy.delta": 1.5},

@@ -3,6 +3,7 @@ check meets slice boundaries."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import polars as pl
@@ -105,7 +106,8 @@ def test_a_policy_that_reorders_rows_records_the_same_step(
     second = dict.fromkeys(IDS, 1.0) | {"s000": 0.25, "s003": 0.25, "s007": 0.5}
     records = {}
     for name, policy in {"stm": policies.stm, "reversed": reversing_stm}.items():
-        monkeypatch.setitem(policies.POLICIES, "stm", policy)
+        entry = dataclasses.replace(policies.POLICIES["stm"], decide=policy)
+        monkeypatch.setitem(policies.POLICIES, "stm", entry)
         layout = make_layout(tmp_path / name, n=8)
         m2 = two_epochs(layout, second)
         records[name] = (m2, (tmp_path / name / m2["step"]["decisions"]["path"]).read_bytes())

@@ -1,0 +1,255 @@
+"""The analysis of an experiment, pure Polars on the frame of `experiment.results_frame`:
+the measured cost of scoring, compute counted two ways, each policy against the baseline
+stopped at equal compute, and means with 95% t-intervals over seeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+RUN_KEYS = ["policy", "params", "seed"]
+# The accuracy over every group, as models.evaluate names it.
+OVERALL = "_overall"
+MEASURES = {"compute_train": "training only", "compute_total": "training + scoring"}
+
+# Two-sided 95% quantiles of Student's t, t_{0.975}(df), df = 1..30 (standard tables);
+# beyond 30 the normal 1.96 is within 2%. Kept here so the analysis needs no scipy.
+T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t_975(df: int) -> float:
+    return T_975[df - 1] if df <= len(T_975) else 1.96
+
+
+def group_columns(frame: pl.DataFrame | pl.LazyFrame, prefix: str) -> list[str]:
+    names = frame.collect_schema().names()
+    return sorted(name for name in names if name.startswith(f"{prefix}."))
+
+
+def scoring_cost(results: pl.LazyFrame) -> pl.LazyFrame:
+    """Per step, the wall time per token of its scoring pass over that of its training
+    pass, from the seconds and tokens each manifest records. A run's first step is left
+    out: its training time includes building the model and warming torch up."""
+    return (
+        results.filter(pl.col("step") > 1, pl.col("tokens_scored_step") > 0)
+        .select(
+            "run_id",
+            "step",
+            ratio=(pl.col("score_seconds") / pl.col("tokens_scored_step"))
+            / (pl.col("train_seconds") / pl.col("tokens_trained_step")),
+        )
+        .sort("run_id", "step")
+    )
+
+
+def experiment_scoring_cost(per_step: pl.DataFrame) -> dict[str, Any]:
+    """One ratio for the whole experiment, the median over steps (robust to a step slowed
+    by a neighbour), so every policy's scoring is priced the same."""
+    ratios = per_step.get_column("ratio").drop_nans().drop_nulls()
+    return {
+        "ratio": float(ratios.median()) if len(ratios) else 0.0,
+        "q25": float(ratios.quantile(0.25)) if len(ratios) else 0.0,
+        "q75": float(ratios.quantile(0.75)) if len(ratios) else 0.0,
+        "steps": len(ratios),
+        "method": "median over steps (each run's first left out) of (scoring seconds / "
+        "tokens scored) / (training seconds / tokens trained), from metrics.seconds.score "
+        "and .train of every manifest",
+    }
+
+
+def with_compute(results: pl.LazyFrame, ratio: float, baseline: str) -> pl.LazyFrame:
+    """`compute_train`: tokens trained. `compute_total`: plus tokens scored weighted by
+    `ratio`, except for the baseline, which needs no scoring pass (the pipeline scores
+    its pool anyway, for the record, but Standard training would not)."""
+    scoring = pl.when(pl.col("policy") == baseline).then(0.0).otherwise(ratio)
+    return results.with_columns(
+        compute_train=pl.col("tokens_trained").cast(pl.Float64),
+        compute_total=pl.col("tokens_trained") + scoring * pl.col("tokens_scored"),
+    )
+
+
+def final_rows(results: pl.LazyFrame) -> pl.LazyFrame:
+    """The last step of every run."""
+    return results.sort("step").group_by("run_id").last()
+
+
+def equal_compute(results: pl.LazyFrame, baseline: str, measure: str) -> pl.LazyFrame:
+    """Each non-baseline run's final accuracy against the baseline run of the same params
+    and seed at the last baseline step whose cumulative `measure` is <= the run's total
+    (no interpolation: accuracy is measured at epoch ends only). Null baseline columns
+    when even the baseline's first epoch cost more. `diff.<group>` = run - baseline."""
+    accuracy = group_columns(results, "accuracy")
+    runs = (
+        final_rows(results)
+        .filter(pl.col("policy") != baseline)
+        .select(*RUN_KEYS, "run_id", pl.col(measure).alias("compute"), *accuracy)
+        .sort("compute")
+    )
+    reference = (
+        results.filter(pl.col("policy") == baseline)
+        .select(
+            "params",
+            "seed",
+            pl.col("step").alias("baseline_step"),
+            pl.col(measure).alias("baseline_compute"),
+            *(pl.col(c).alias(f"baseline.{c}") for c in accuracy),
+        )
+        .sort("baseline_compute")
+    )
+    matched = runs.join_asof(
+        reference,
+        left_on="compute",
+        right_on="baseline_compute",
+        by=["params", "seed"],
+        strategy="backward",
+        check_sortedness=False,  # sorted by compute overall, so within every group too
+    )
+    return matched.with_columns(
+        (pl.col(c) - pl.col(f"baseline.{c}")).alias(f"diff.{c}") for c in accuracy
+    ).sort(RUN_KEYS)
+
+
+def compute_saved(results: pl.LazyFrame, baseline: str) -> pl.LazyFrame:
+    """Per run, the fraction of the baseline's total compute (same params and seed) it did
+    not use, both ways of counting: `saved.compute_train`, `saved.compute_total`."""
+    finals = final_rows(results)
+    reference = finals.filter(pl.col("policy") == baseline).select(
+        "params", "seed", *(pl.col(m).alias(f"baseline.{m}") for m in MEASURES)
+    )
+    return (
+        finals.join(reference, on=["params", "seed"], how="left")
+        .select(
+            *RUN_KEYS,
+            *((1 - pl.col(m) / pl.col(f"baseline.{m}")).alias(f"saved.{m}") for m in MEASURES),
+        )
+        .sort(RUN_KEYS)
+    )
+
+
+def mean_interval(frame: pl.LazyFrame, by: list[str], columns: list[str]) -> pl.LazyFrame:
+    """Per `by` group and column: `<c>.mean`, `<c>.half` (the half-width of the 95%
+    t-interval over the group's non-null values; null below two values) and `<c>.n`."""
+    aggregated = frame.group_by(by).agg(
+        *(pl.col(c).mean().alias(f"{c}.mean") for c in columns),
+        *(pl.col(c).std().alias(f"{c}.sd") for c in columns),
+        *(pl.col(c).count().alias(f"{c}.n") for c in columns),
+    )
+    quantiles = {df: t for df, t in enumerate(T_975, start=1)}
+
+    def half_width(c: str) -> pl.Expr:
+        n = pl.col(f"{c}.n")
+        t = (n - 1).replace_strict(quantiles, default=1.96, return_dtype=pl.Float64)
+        return pl.when(n > 1).then(t * pl.col(f"{c}.sd") / n.sqrt()).alias(f"{c}.half")
+
+    return aggregated.with_columns(half_width(c) for c in columns).sort(by)
+
+
+def policy_summary(results: pl.LazyFrame, baseline: str) -> pl.DataFrame:
+    """One row per (policy, params): final accuracy and pool per group, compute saved both
+    ways, and the paired accuracy difference to the baseline at equal compute both ways,
+    each as mean, 95% half-width and number of seeds."""
+    by = ["policy", "params"]
+    accuracy = group_columns(results, "accuracy")
+    pools = ["pool_size", *group_columns(results, "pool_size")]
+    finals = mean_interval(final_rows(results), by, [*accuracy, *pools, *MEASURES])
+    saved = mean_interval(compute_saved(results, baseline), by, [f"saved.{m}" for m in MEASURES])
+    summary = finals.join(saved, on=by, how="left")
+    for measure in MEASURES:
+        diffs = equal_compute(results, baseline, measure).select(
+            *by, *(pl.col(f"diff.{c}").alias(f"diff@{measure}.{c}") for c in accuracy)
+        )
+        columns = [f"diff@{measure}.{c}" for c in accuracy]
+        summary = summary.join(mean_interval(diffs, by, columns), on=by, how="left")
+    return summary.sort(by).collect()
+
+
+def _cell(row: dict[str, Any], column: str, digits: int = 3, percent: bool = False) -> str:
+    mean, half = row.get(f"{column}.mean"), row.get(f"{column}.half")
+    if mean is None:
+        return "-"
+    scale, unit = (100, "%") if percent else (1, "")
+    text = f"{mean * scale:.{digits}f}{unit}"
+    return f"{text} ± {half * scale:.{digits}f}" if half is not None else text
+
+
+def _summary_groups(summary: pl.DataFrame, prefix: str) -> list[str]:
+    """The groups of `<prefix>.<group>.mean` columns (not the `<prefix>.mean` of a total)."""
+    names = group_columns(summary, prefix)
+    return [
+        n[len(prefix) + 1 : -len(".mean")]
+        for n in names
+        if n.count(".") >= 2 and n.endswith(".mean")
+    ]
+
+
+def _shown(group: str) -> str:
+    return "all groups" if group == OVERALL else group
+
+
+def summary_markdown(summary: pl.DataFrame, baseline: str, cost: dict[str, Any], title: str) -> str:
+    groups = _summary_groups(summary, "accuracy")
+    pools = _summary_groups(summary, "pool_size")
+    lines = [
+        f"# Experiment {title}",
+        "",
+        "Mean ± half-width of the 95% t-interval over seeds. Compute is counted in tokens: "
+        "training only, and training + scoring, where a scored token costs "
+        f"**{cost['ratio']:.3f}** trained tokens ({cost['method']}; quartiles over "
+        f"{cost['steps']} steps {cost['q25']:.3f}-{cost['q75']:.3f}). The baseline "
+        f"`{baseline}` is charged no scoring.",
+        "",
+        "## Final held-out accuracy per group",
+        "",
+        "| policy | params | seeds | " + " | ".join(map(_shown, groups)) + " |",
+        "|---|---|---|" + "---|" * len(groups),
+    ]
+    rows = summary.to_dicts()
+    for row in rows:
+        seeds = row[f"accuracy.{groups[0]}.n"] if groups else "-"
+        cells = [_cell(row, f"accuracy.{g}") for g in groups]
+        lines.append(
+            f"| {row['policy']} | {row['params'] or '-'} | {seeds} | {' | '.join(cells)} |"
+        )
+    lines += [
+        "",
+        "## Final pool and compute",
+        "",
+        "| policy | params | pool | "
+        + " | ".join(f"pool {g}" for g in pools)
+        + " | saved (training) | saved (training + scoring) |",
+        "|---|---|---|" + "---|" * (len(pools) + 2),
+    ]
+    for row in rows:
+        cells = [
+            _cell(row, "pool_size", 1),
+            *(_cell(row, f"pool_size.{g}", 1) for g in pools),
+            _cell(row, "saved.compute_train", 1, percent=True),
+            _cell(row, "saved.compute_total", 1, percent=True),
+        ]
+        lines.append(f"| {row['policy']} | {row['params'] or '-'} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        f"## Paired difference to `{baseline}` at equal compute",
+        "",
+        f"Each run's final accuracy minus that of `{baseline}` (same params and seed) after "
+        "its last epoch whose cumulative compute is <= the run's total (no interpolation); "
+        "then mean and 95% t-interval of these paired differences over seeds. `-` when "
+        "the baseline's first epoch already cost more.",
+        "",
+        "| policy | params | compute | " + " | ".join(map(_shown, groups)) + " |",
+        "|---|---|---|" + "---|" * len(groups),
+    ]
+    for row in rows:
+        if row["policy"] == baseline:
+            continue
+        for measure, name in MEASURES.items():
+            cells = [_cell(row, f"diff@{measure}.accuracy.{g}") for g in groups]
+            lines.append(
+                f"| {row['policy']} | {row['params'] or '-'} | {name} | {' | '.join(cells)} |"
+            )
+    return "\n".join(lines) + "\n"
