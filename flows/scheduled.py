@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
 from flows.inputs import prepare_inputs
-from flows.stm_flow import RunResult, StepReport, curate, flow_for
+from flows.stm_flow import RunResult, StepReport, curate, run_flow
 from pipeline.config import RunConfig, resolve_config
 from pipeline.dask_cluster import check_scheduler
 from pipeline.errors import STORAGE_ERRNOS, PipelineError
@@ -127,7 +127,7 @@ def curation(config: RunConfig) -> Callable[..., RunResult]:
     runs, as a subflow: a flow run's task runner is fixed when the run starts, before this
     flow has read the config, and only a subflow can start with the Dask one."""
     if config.scale.engine == "dask":
-        return flow_for(config)
+        return run_flow
     return curate
 
 

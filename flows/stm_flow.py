@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,30 @@ def flow_for(config: RunConfig) -> Flow:
     return stm_flow.with_options(task_runner=runner)
 
 
+# What a caller in this process hands the flow outside its parameters (`run_flow`):
+# Prefect serialises a flow run's parameters into the context of every task it submits
+# to Dask, and neither the whole sample table nor a progress callback that holds the
+# terminal's locks (which cannot be pickled at all) should travel with each shard.
+_HANDED: ContextVar[tuple[RunInputs | None, Reporter | None]] = ContextVar(
+    "stm_handed", default=(None, None)
+)
+
+
+def run_flow(
+    config: RunConfig,
+    inputs: RunInputs | None = None,
+    report: Reporter | None = None,
+    resume: bool = False,
+) -> RunResult:
+    """Run the flow `config.scale` asks for (`flow_for`), with data prepared beforehand
+    and a progress callback handed to it in-process, not as flow parameters."""
+    token = _HANDED.set((inputs, report))
+    try:
+        return flow_for(config)(config, resume=resume)
+    finally:
+        _HANDED.reset(token)
+
+
 @flow(name="stm-curation", validate_parameters=False)
 def stm_flow(
     config: RunConfig,
@@ -187,11 +212,19 @@ def stm_flow(
     report: Reporter | None = None,
     resume: bool = False,
 ) -> RunResult:
-    """`inputs` may be prepared beforehand (the CLI does, to fail fast on bad data);
-    otherwise the flow prepares them from the config. With `resume`, an existing run
-    continues after its last manifest, from the trainer state that produced it, and ends
-    with the manifests an uninterrupted run would have."""
-    return curate(config, inputs, report, resume)
+    """`inputs` may be prepared beforehand (the CLI does, to fail fast on bad data, and
+    hands them over through `run_flow`); otherwise the flow prepares them from the config.
+    With `resume`, an existing run continues after its last manifest, from the trainer
+    state that produced it, and ends with the manifests an uninterrupted run would have."""
+    handed_inputs, handed_report = handed()
+    return curate(config, inputs or handed_inputs, report or handed_report, resume)
+
+
+def handed() -> tuple[RunInputs | None, Reporter | None]:
+    """What `run_flow` handed the flow. A function, not the ContextVar itself, in the flow's
+    body: Dask pickles the flow's function by value, with the globals it names, and a
+    ContextVar cannot be pickled; a module-level function travels by reference."""
+    return _HANDED.get()
 
 
 def curate(

@@ -223,7 +223,7 @@ def run_cell(config: RunConfig, events: Any = None) -> str:
     `events` is a queue or a callable receiving `Event`s."""
     # Imported here: the flow pulls in Prefect and torch, which a grid check does not need.
     from flows.inputs import prepare_inputs
-    from flows.stm_flow import StepReport, stm_flow
+    from flows.stm_flow import StepReport, run_flow
     from pipeline.launch import plan_run
     from pipeline.resume import run_lock
 
@@ -238,7 +238,7 @@ def run_cell(config: RunConfig, events: Any = None) -> str:
         send((config.run_id or "", record["kind"], record["round"], record["epoch"]))
 
     with run_lock(plan.layout):
-        stm_flow(plan.config, inputs, report=report, resume=plan.state == "resume")
+        run_flow(plan.config, inputs, report=report, resume=plan.state == "resume")
     return "resumed" if plan.state == "resume" else "new"
 
 

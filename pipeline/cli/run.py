@@ -328,7 +328,7 @@ def _run_flow(
     config: RunConfig, inputs: RunInputs, console: Console, as_json: bool, resume: bool
 ) -> None:
     _check_prefect_server()
-    from flows.stm_flow import StepReport, flow_for
+    from flows.stm_flow import StepReport, run_flow
 
     table = EpochTable()
     step_progress = Progress(
@@ -351,7 +351,7 @@ def _run_flow(
     _quiet_prefect_logs()
     logs.print_through(console)
     with Live(Group(table, step_progress), console=console, refresh_per_second=4):
-        result = flow_for(config)(config, inputs, report=report, resume=resume)
+        result = run_flow(config, inputs, report=report, resume=resume)
     final = result.manifests[-1]
     console.line()
     console.print(

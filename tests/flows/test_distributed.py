@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from flows.stm_flow import RunResult, flow_for, stm_flow
+from flows.stm_flow import RunResult, stm_flow
 from pipeline.cli import cli
-from pipeline.config import RunConfig, ScaleConfig, load_config
-from pipeline.store import sha256_file
+from pipeline.config import RunConfig, ScaleConfig, dumps_toml, load_config
+from pipeline.pruning import run_manifests
+from pipeline.store import RunLayout, sha256_file
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
 
@@ -35,8 +36,15 @@ def both_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, RunR
     local = stm_flow.fn(small_config(tmp_path_factory.mktemp("local")))
     scale = ScaleConfig(engine="dask", dask_workers=2, shards=3)
     config = small_config(tmp_path_factory.mktemp("dask"), scale=scale)
-    distributed = flow_for(config)(config)
-    return local, distributed
+    # Through `stm run`, as a user runs it: its progress callback and the prepared sample
+    # table must not be pickled into every shard task (they were, and the callback's locks
+    # failed every shard).
+    path = Path(config.store) / "dask.toml"
+    path.write_text(dumps_toml(config))
+    result = CliRunner().invoke(cli, ["run", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    layout = RunLayout(Path(config.store), "small")
+    return local, RunResult(layout, run_manifests(layout))
 
 
 def test_dask_engine_gives_the_single_process_manifests_id_for_id(both_runs) -> None:
