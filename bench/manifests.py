@@ -209,7 +209,8 @@ def main(
             flush=True,
         )
         _clean(store)
-    write_results("manifests-quick" if quick else "manifests", result, out)
+        # After every size: a later size that fails (memory, a killed run) keeps these.
+        write_results("manifests-quick" if quick else "manifests", result, out)
 
 
 if __name__ == "__main__":
