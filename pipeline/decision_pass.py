@@ -87,7 +87,8 @@ def decision_pass(
         for frame, parent in zip(
             slices(decisions, columns), slices(parent_pool, ["sample_id", "group"]), strict=True
         ):
-            if not (frame.get_column("sample_id") == parent.get_column("sample_id")).all():
+            ids, parent_ids = frame.get_column("sample_id"), parent.get_column("sample_id")
+            if not ids.eq_missing(parent_ids).all():  # a null id must not pass as aligned
                 raise Misaligned
             frame = frame.with_columns(parent.get_column("group")).select(DECISION_COLUMNS)
             out.write_table(frame.to_arrow())

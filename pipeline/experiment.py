@@ -332,7 +332,8 @@ def results_frame(cells: list[Cell]) -> pl.DataFrame:
                     **{f"accuracy.{g}": float(a) for g, a in metrics.get("accuracy", {}).items()},
                 }
             )
-    frame = pl.DataFrame(rows)
+    # Every row's keys: a group first seen after row 100 would otherwise be dropped.
+    frame = pl.DataFrame(rows, infer_schema_length=None)
     # A group absent from a pool after it was emptied has no key: its size is 0 there.
     pool_columns = [c for c in frame.columns if c.startswith("pool_size.")]
     return frame.with_columns(pl.col(pool_columns).fill_null(0))

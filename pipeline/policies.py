@@ -256,7 +256,8 @@ def repetition_target(schedule: tuple[float, ...], epoch: int, dataset_size: int
     """The pool size selective repetition keeps after `epoch` (from 1): the schedule's
     fraction of the whole dataset, the last fraction for every later epoch."""
     fraction = schedule[min(epoch, len(schedule)) - 1]
-    return math.ceil(fraction * dataset_size)
+    # Rounded first: 0.07 * 100 is 7.000000000000001 in floats, and its ceil 8.
+    return math.ceil(round(fraction * dataset_size, 6))
 
 
 def selective_repetition(scores: pl.LazyFrame, params: PolicyParams) -> pl.LazyFrame:
@@ -266,10 +267,12 @@ def selective_repetition(scores: pl.LazyFrame, params: PolicyParams) -> pl.LazyF
     cut is the same whatever the row order."""
     target = _pool_target(params, "selective-repetition")
     key = RANK_SCORE if RANK_SCORE in scores.collect_schema() else "loss"
+    # NaN sorts above every number in Polars: as a missing score, it must rank last.
+    rank = pl.col(key).fill_nan(None) if scores.collect_schema()[key].is_float() else pl.col(key)
     position = (
         pl.int_range(pl.len())
         .sort_by(
-            [pl.col(key), pl.col("sample_id")],
+            [rank, pl.col("sample_id")],
             descending=[params.rank_order == "high_first", False],
             nulls_last=True,
         )

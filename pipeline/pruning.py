@@ -177,7 +177,9 @@ def write_scores(
         return with_loss_deltas(current, previous, round_index, epoch)
 
     with atomic_path(out) as tmp:
-        sink_sorted(inputs, build, tmp, row_count(raw))
+        # Buckets sized by the larger input: the previous pass may hold many more rows.
+        rows = max(frame.select(pl.len()).collect().item() for frame in inputs.values())
+        sink_sorted(inputs, build, tmp, rows)
 
 
 def _scored_with_deltas(layout: RunLayout, step: StepInputs) -> Path:
@@ -337,14 +339,16 @@ def record_decisions(
     decisions_path = layout.decisions(step.round_index, step.epoch)
     parent_pool = layout.resolve(parent["pool"]["path"])
     staged = temporary_sibling(decisions_path)
-    pool_tmp = temporary_sibling(layout.pool("pending"))
+    pool_tmp = None
     try:
+        pool_tmp = temporary_sibling(layout.pool("pending"))
         decisions.sink_parquet(staged)
         with atomic_path(decisions_path) as tmp:
             seen = _checked_pass(staged, parent, parent_pool, tmp, pool_tmp, scores_path)
         pool_path = _store_pool(layout, pool_tmp, seen.pool_sha256)
     except BaseException:
-        pool_tmp.unlink(missing_ok=True)
+        if pool_tmp is not None:
+            pool_tmp.unlink(missing_ok=True)
         raise
     finally:
         staged.unlink(missing_ok=True)
@@ -407,8 +411,12 @@ def _checked_pass(
     except Misaligned:
         pass
     resorted = temporary_sibling(staged)
-    pl.scan_parquet(staged).sort("sample_id").sink_parquet(resorted)
-    os.replace(resorted, staged)
+    try:  # in bounded memory, like the scores (a merge of shards comes here unsorted)
+        decided = {"decided": pl.scan_parquet(staged)}
+        sink_sorted(decided, lambda decided: decided, resorted, row_count(staged))
+        os.replace(resorted, staged)
+    finally:
+        resorted.unlink(missing_ok=True)
     try:
         return decision_pass(staged, parent_pool, decisions_out, pool_out)
     except Misaligned:
@@ -439,7 +447,7 @@ def _mismatch(
     if scored != parent["pool"]["size"]:
         return ManifestIntegrityError(
             f"{scores_path}: {scored} samples scored but the pool of manifest "
-            f"{parent['id']} has {parent['pool']['size']}"
+            f"{parent['id'][:12]} has {parent['pool']['size']}"
         )
     return ManifestIntegrityError(
         f"{parent_pool}: the pool of manifest {parent['id'][:12]} is not sorted by "

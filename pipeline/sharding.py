@@ -134,8 +134,9 @@ def merge_scores(parts: list[Path], out: Path) -> None:
 
 
 def merge_decisions(parts: list[Path]) -> pl.LazyFrame:
-    """The shards' decisions as one frame, sorted by sample_id."""
-    return pl.scan_parquet(parts).sort("sample_id")
+    """The shards' decisions as one frame, in shard order: the decision pass sorts them
+    (in bounded memory) when they do not line up with the pool."""
+    return pl.scan_parquet(parts)
 
 
 def merged_summary(summaries: list[ScoreSummary]) -> ScoreSummary:

@@ -57,7 +57,7 @@ def sink_sorted(
     its own (a select, or a join on sample_id): above SORT_IN_MEMORY_ROWS it is applied to
     each bucket of the inputs, all cut at the same split points (so a join finds its
     matches in the same bucket), and that is what bounds a join's memory too. The split
-    points come from the first input's ids; `rows` is its row count."""
+    points come from the first input's ids; `rows` is the largest input's row count."""
     if rows <= SORT_IN_MEMORY_ROWS:
         build(**inputs).sort(KEY).sink_parquet(out)
         return

@@ -64,8 +64,6 @@ OPTION_KEYS = {
     "shards": "scale.shards",
 }
 
-# How long `stm run` waits for a Dask scheduler to answer before giving up.
-
 
 def _prefect_target(store: Path) -> dict[str, str]:
     """Where the flow runs: the server PREFECT_API_URL names, or in-process with its state

@@ -87,6 +87,21 @@ def test_pass_refuses_decisions_that_do_not_line_up_with_the_parent(
         run_pass(tmp_path, ids, [True] * len(ids), parent)
 
 
+def test_pass_of_an_all_dropped_step_and_of_an_empty_pool(tmp_path: Path) -> None:
+    seen = run_pass(tmp_path, IDS, [False] * len(IDS), IDS)
+    assert (seen.pool_size, seen.pool_sha256) == (0, pool_hash([]))
+    assert pl.read_parquet(tmp_path / "pool.parquet").columns == ["sample_id", "group"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    seen = run_pass(empty, [], [], [])
+    assert (seen.scored, seen.pool_size) == (0, 0)
+
+
+def test_a_null_id_does_not_line_up(tmp_path: Path) -> None:
+    with pytest.raises(Misaligned):
+        run_pass(tmp_path, ["a", None, "c"], [True] * 3, ["a", "b", "c"])
+
+
 def reversing_stm(scores: pl.LazyFrame, params: policies.PolicyParams) -> pl.LazyFrame:
     """STM's decisions in reverse id order, as a policy that reorders rows gives them."""
     return policies.stm(scores, params).sort("sample_id", descending=True)

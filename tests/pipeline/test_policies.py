@@ -248,6 +248,15 @@ def test_repetition_target_follows_the_schedule_then_its_last_fraction() -> None
     schedule = (1.0, 1.0, 0.5, 0.3, 0.1)
     assert [repetition_target(schedule, e, 10) for e in range(1, 8)] == [10, 10, 5, 3, 1, 1, 1]
     assert repetition_target((0.25,), 1, 9) == 3  # rounded up: never an empty pool
+    # Float error must not round up an exact product: 0.07 * 100 is 7.000000000000001.
+    assert [repetition_target((f,), 1, n) for f, n in [(0.07, 100), (0.14, 200)]] == [7, 28]
+
+
+def test_selective_repetition_ranks_a_nan_score_last_as_a_missing_one() -> None:
+    scores = make_scores(loss=[0.1, 0.2, 0.3]).sort("sample_id")
+    scores = scores.with_columns(rank_score=pl.Series([0.5, float("nan"), 0.9]))
+    params = replace(ABSOLUTE, pool_target=1, rank_order="high_first")
+    assert dropped(selective_repetition(scores, params)) == ["s0", "s1"]
 
 
 def params_for(name: str) -> PolicyParams:

@@ -31,14 +31,26 @@ def test_bucketed_sort_gives_the_in_memory_order(
 
 
 def test_skewed_ids_still_sort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ids that share a long prefix, and many repeats of the split sample: buckets may be
-    uneven or empty, never wrong."""
+    """Ids that share a long prefix: buckets may be uneven or empty, never wrong."""
     monkeypatch.setattr(sorted_sink, "SORT_IN_MEMORY_ROWS", 10)
     ids = [f"doc-{i % 3:04d}-{i:03d}" for i in range(60)][::-1]
     data = pl.DataFrame({"sample_id": ids, "loss": list(range(60))})
     out = tmp_path / "sorted.parquet"
     sink_sorted({"data": data.lazy()}, lambda data: data, out, data.height)
     assert pl.read_parquet(out).equals(data.sort("sample_id"))
+
+
+def test_repeated_ids_survive_the_bucketed_sort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repeated id must reach the decision pass, which refuses it."""
+    monkeypatch.setattr(sorted_sink, "SORT_IN_MEMORY_ROWS", 10)
+    data = pl.DataFrame({"sample_id": [f"id-{i % 17:03d}" for i in range(60)], "loss": range(60)})
+    out = tmp_path / "sorted.parquet"
+    sink_sorted({"data": data.lazy()}, lambda data: data, out, data.height)
+    written = pl.read_parquet(out)
+    assert written["sample_id"].to_list() == sorted(data["sample_id"].to_list())
+    assert written.sort("sample_id", "loss").equals(data.sort("sample_id", "loss"))
 
 
 def test_split_points_cut_the_ids_into_about_equal_buckets() -> None:
