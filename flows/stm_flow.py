@@ -59,12 +59,12 @@ def builtin_training(
 ) -> TrainedScorer:
     trained = tasks.train(ctx, parent, round_index, epoch)
     scorer, scorer_sha256, export_seconds = tasks.export(ctx, round_index, epoch)
-    accuracy, evaluate_seconds = tasks.held_out_accuracy(ctx)
+    accuracy, seen, evaluate_seconds = tasks.held_out_accuracy(ctx)
     return TrainedScorer(
         scorer,
         scorer_sha256,
         trained.tokens_trained,
-        {"accuracy": accuracy, "train_loss": trained.mean_loss},
+        {"accuracy": accuracy, "accuracy_seen": seen, "train_loss": trained.mean_loss},
         {"train": trained.seconds, "export": export_seconds, "evaluate": evaluate_seconds},
     )
 

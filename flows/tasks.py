@@ -20,7 +20,7 @@ from prefect.states import State
 
 from flows.inputs import prepare_inputs
 from models.charset import Vocabulary
-from models.evaluate import evaluate
+from models.evaluate import evaluate, seen_sample
 from models.export import export_scorer
 from models.trainer import TrainStats, train_epoch
 from pipeline import sharding
@@ -205,19 +205,22 @@ def export(ctx: RunContext, round_index: int, epoch: int) -> tuple[Path, str, fl
 
 
 @task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
-def held_out_accuracy(ctx: RunContext) -> tuple[dict[str, float], float]:
+def held_out_accuracy(ctx: RunContext) -> tuple[dict[str, float], dict[str, float], float]:
+    """Accuracy per group on the held-out set, and on a fixed sample of the training set
+    (`seen_sample`: the same samples every epoch and for every policy of a seed)."""
     if not ctx.has_eval:
-        return {}, 0.0
+        return {}, {}, 0.0
     started = time.perf_counter()
     data = ctx.config.data
-    accuracy = evaluate(
-        ctx.layout.trainer_dir,
-        pq.read_table(ctx.layout.eval_samples),
-        ctx.vocabulary,
-        data.prompt_column,
-        data.target_column,
-    )
-    return accuracy, time.perf_counter() - started
+
+    def accuracy(table: pa.Table) -> dict[str, float]:
+        return evaluate(
+            ctx.layout.trainer_dir, table, ctx.vocabulary, data.prompt_column, data.target_column
+        )
+
+    held_out = accuracy(pq.read_table(ctx.layout.eval_samples))
+    seen = accuracy(seen_sample(ctx.layout.samples, data.prompt_column, data.target_column))
+    return held_out, seen, time.perf_counter() - started
 
 
 @task(

@@ -22,6 +22,10 @@ DECODE_BATCH_SIZE = 512
 # The key of the accuracy over every group; underscored so no real group can collide.
 OVERALL = "_overall"
 
+# Training samples per group whose accuracy is measured after every epoch: whether the
+# model still answers what it was trained on (retention), also after a policy dropped it.
+SEEN_PER_GROUP = 200
+
 
 def evaluate(
     workdir: Path,
@@ -49,6 +53,13 @@ def evaluate(
     correct = np.array([answer == target for answer, target in zip(answers, targets, strict=True)])
     groups = [str(group) for group in eval_table.column(group_column).to_pylist()]
     return _accuracy_by_group(correct, groups)
+
+
+def seen_sample(samples: Path, prompt_column: str, target_column: str) -> pa.Table:
+    """The first SEEN_PER_GROUP training samples of each group by sample_id."""
+    columns = ["sample_id", "group", prompt_column, target_column]
+    table = pl.scan_parquet(samples).select(columns).sort("sample_id")
+    return table.group_by("group", maintain_order=True).head(SEEN_PER_GROUP).collect().to_arrow()
 
 
 def greedy_answers(

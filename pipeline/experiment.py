@@ -330,6 +330,10 @@ def results_frame(cells: list[Cell]) -> pl.DataFrame:
                     "train_seconds": float(seconds.get("train", 0.0)),
                     "score_seconds": float(seconds.get("score", 0.0)),
                     **{f"accuracy.{g}": float(a) for g, a in metrics.get("accuracy", {}).items()},
+                    **{
+                        f"accuracy_seen.{g}": float(a)
+                        for g, a in metrics.get("accuracy_seen", {}).items()
+                    },
                 }
             )
     # Every row's keys: a group first seen after row 100 would otherwise be dropped.

@@ -156,8 +156,9 @@ def policy_summary(results: pl.LazyFrame, baseline: str) -> pl.DataFrame:
     each as mean, 95% half-width and number of seeds."""
     by = ["policy", "params"]
     accuracy = group_columns(results, "accuracy")
+    seen = group_columns(results, "accuracy_seen")
     pools = ["pool_size", *group_columns(results, "pool_size")]
-    finals = mean_interval(final_rows(results), by, [*accuracy, *pools, *MEASURES])
+    finals = mean_interval(final_rows(results), by, [*accuracy, *seen, *pools, *MEASURES])
     saved = mean_interval(compute_saved(results, baseline), by, [f"saved.{m}" for m in MEASURES])
     summary = finals.join(saved, on=by, how="left")
     for measure in MEASURES:
@@ -216,6 +217,18 @@ def summary_markdown(summary: pl.DataFrame, baseline: str, cost: dict[str, Any],
         lines.append(
             f"| {row['policy']} | {row['params'] or '-'} | {seeds} | {' | '.join(cells)} |"
         )
+    seen = _summary_groups(summary, "accuracy_seen")
+    if seen:
+        lines += [
+            "",
+            "## Final accuracy on seen training samples per group (retention)",
+            "",
+            "| policy | params | " + " | ".join(map(_shown, seen)) + " |",
+            "|---|---|" + "---|" * len(seen),
+        ]
+        for row in rows:
+            cells = [_cell(row, f"accuracy_seen.{g}") for g in seen]
+            lines.append(f"| {row['policy']} | {row['params'] or '-'} | {' | '.join(cells)} |")
     lines += [
         "",
         "## Final pool and compute",

@@ -43,6 +43,8 @@ def both_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, RunR
     path.write_text(dumps_toml(config))
     result = CliRunner().invoke(cli, ["run", "--config", str(path)])
     assert result.exit_code == 0, result.output
+    # The progress callback was handed to the flow: every step's row is in the table.
+    assert all(f"r{r} e{e} " in result.output for r in (0, 1) for e in (0, 1, 2))
     layout = RunLayout(Path(config.store), "small")
     return local, RunResult(layout, run_manifests(layout))
 

@@ -104,6 +104,9 @@ def test_held_out_accuracy_per_group_is_recorded(tiny_run) -> None:
     accuracy = result.manifests[-1]["metrics"]["accuracy"]
     assert set(accuracy) == {"_overall", "easy", "hard"}
     assert all(0.0 <= v <= 1.0 for v in accuracy.values())
+    seen = result.manifests[-1]["metrics"]["accuracy_seen"]  # retention on trained samples
+    assert set(seen) == {"_overall", "easy", "hard"}
+    assert all(0.0 <= v <= 1.0 for v in seen.values())
     epoch_seconds = [r.seconds["epoch"] for r in reports if r.record["kind"] == "prune"]
     assert all(s > 0 for s in epoch_seconds)
 
@@ -122,3 +125,17 @@ def test_an_existing_run_is_never_overwritten(tiny_run) -> None:
     result, _ = tiny_run
     with pytest.raises(StoreError, match=r"run 'tiny' already exists"):
         stm_flow.fn(tiny_config(result.layout.root))
+
+
+def test_seen_sample_is_the_first_training_samples_of_each_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models import evaluate
+
+    ids = [f"s{i:02d}" for i in range(10)]
+    samples = tmp_path / "samples.parquet"
+    frame = {"sample_id": ids[::-1], "group": ["a", "b"] * 5, "prompt": ids, "target": ids}
+    pl.DataFrame(frame).write_parquet(samples)
+    monkeypatch.setattr(evaluate, "SEEN_PER_GROUP", 2)
+    seen = evaluate.seen_sample(samples, "prompt", "target")
+    assert sorted(seen.column("sample_id").to_pylist()) == ["s00", "s01", "s02", "s03"]
