@@ -207,6 +207,12 @@ def load_experiment(path: Path, out: Path) -> Experiment:
             "store": store,
             "run_id": run_id,
         }
+        reference = overrides.get("policy.reference_run")
+        if reference in labels:
+            # A control that follows another policy of the grid follows its cell at the
+            # same seed and parameters, and draws with that seed unless one is given.
+            overrides["policy.reference_run"] = cell_run_id(reference, params, seed)
+            overrides.setdefault("policy.seed", seed)
         config = _checked_config(path, base, overrides, f"policy {spec.label!r}: ")
         cells.append(Cell(run_id, spec.label, params_label(params), seed, config))
     return Experiment(Path(path), baseline, cells)
@@ -260,7 +266,24 @@ def run_cells(
 ) -> None:
     """Run every cell: in this process one after another with `jobs == 1`, else each in
     a worker process of a pool of `jobs` (spawned: torch and Prefect do not survive a
-    fork). The first failure stops the experiment with its error; finished runs stay."""
+    fork). The first failure stops the experiment with its error; finished runs stay.
+    Cells that follow another cell of the grid (the `random` control's reference run)
+    run in a second wave, after every cell they could follow."""
+    ids = {cell.run_id for cell in cells}
+    second = [cell for cell in cells if cell.config.policy.reference_run in ids]
+    first = [cell for cell in cells if cell not in second]
+    for wave in (first, second):
+        if wave:
+            _run_wave(wave, out, jobs, on_event, on_done)
+
+
+def _run_wave(
+    cells: list[Cell],
+    out: Path,
+    jobs: int,
+    on_event: EventSink,
+    on_done: Callable[[Cell, str], None],
+) -> None:
     if jobs == 1:
         for cell in cells:
             on_done(cell, run_cell(cell.config, on_event))

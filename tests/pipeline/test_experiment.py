@@ -11,9 +11,10 @@ import polars as pl
 import pytest
 from click.testing import CliRunner, Result
 
+from pipeline import experiment as experiment_module
 from pipeline.cli import cli
 from pipeline.errors import ConfigError
-from pipeline.experiment import load_experiment
+from pipeline.experiment import load_experiment, run_cells
 from pipeline.experiment_results import (
     equal_compute,
     mean_interval,
@@ -231,3 +232,41 @@ def test_a_finished_experiment_is_skipped_when_run_again(tiny_experiment) -> Non
     result = invoke("experiment", str(TINY_GRID), "--out", str(out), "--json")
     assert result.exit_code == 0, result.output
     assert [run["status"] for run in json.loads(result.stdout)["runs"]] == ["complete"] * 4
+
+
+RANDOM_CONTROL = """
+seeds = [3, 4]
+[[policies]]
+name = "standard"
+[[policies]]
+name = "stm"
+[[policies]]
+label = "random"
+name = "random"
+reference_run = "stm"
+"""
+
+
+def test_a_random_control_follows_the_cell_of_its_reference_at_the_same_seed(tmp_path) -> None:
+    experiment = load_experiment(write_grid(tmp_path, RANDOM_CONTROL), tmp_path / "out")
+    controls = {c.run_id: c.config.policy for c in experiment.cells if c.policy == "random"}
+    assert {run: (p.reference_run, p.seed) for run, p in controls.items()} == {
+        "random__s3": ("stm__s3", 3),
+        "random__s4": ("stm__s4", 4),
+    }
+
+
+def test_cells_that_follow_another_cell_run_after_every_other_cell(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiment = load_experiment(write_grid(tmp_path, RANDOM_CONTROL), tmp_path / "out")
+    order: list[str] = []
+
+    def fake_run_cell(config, events=None) -> str:
+        order.append(config.run_id)
+        return "new"
+
+    monkeypatch.setattr(experiment_module, "run_cell", fake_run_cell)
+    run_cells(experiment.cells, tmp_path / "out", 1, lambda _: None, lambda *_: None)
+    assert order[-2:] == ["random__s3", "random__s4"]
+    assert sorted(order) == sorted(c.run_id for c in experiment.cells)
