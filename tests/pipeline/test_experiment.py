@@ -206,9 +206,9 @@ def test_the_harness_writes_results_summary_and_figures(tiny_experiment) -> None
     assert {"pool_size.easy", "accuracy.hard", "compute_train", "compute_total"} <= set(
         results.columns
     )
-    summary = (out / "summary.md").read_text()
-    assert "## Paired difference to `standard` at equal compute" in summary
-    assert "## Final accuracy on seen training samples per group (retention)" in summary
+    markdown = (out / "summary.md").read_text()
+    assert "## Paired difference to `standard` at equal compute" in markdown
+    assert "## Final accuracy on seen training samples per group (retention)" in markdown
     for name in ("accuracy_vs_compute.png", "pool_per_group.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["scoring_cost"]["ratio"] > 0
