@@ -83,7 +83,9 @@ def equal_compute(results: pl.LazyFrame, baseline: str, measure: str) -> pl.Lazy
     """Each non-baseline run's final accuracy against the baseline run of the same params
     and seed at the last baseline step whose cumulative `measure` is <= the run's total
     (no interpolation: accuracy is measured at epoch ends only). Null baseline columns
-    when even the baseline's first epoch cost more. `diff.<group>` = run - baseline."""
+    when even the baseline's first epoch cost more. `diff.<group>` = run - baseline;
+    `compute_ratio` = the baseline's compute there over the run's: under 1 by up to an
+    epoch, and far under when the run spent more than the baseline's whole run."""
     accuracy = group_columns(results, "accuracy")
     runs = (
         final_rows(results)
@@ -111,7 +113,8 @@ def equal_compute(results: pl.LazyFrame, baseline: str, measure: str) -> pl.Lazy
         check_sortedness=False,  # sorted by compute overall, so within every group too
     )
     return matched.with_columns(
-        (pl.col(c) - pl.col(f"baseline.{c}")).alias(f"diff.{c}") for c in accuracy
+        *((pl.col(c) - pl.col(f"baseline.{c}")).alias(f"diff.{c}") for c in accuracy),
+        compute_ratio=pl.col("baseline_compute") / pl.col("compute"),
     ).sort(RUN_KEYS)
 
 
@@ -163,9 +166,11 @@ def policy_summary(results: pl.LazyFrame, baseline: str) -> pl.DataFrame:
     summary = finals.join(saved, on=by, how="left")
     for measure in MEASURES:
         diffs = equal_compute(results, baseline, measure).select(
-            *by, *(pl.col(f"diff.{c}").alias(f"diff@{measure}.{c}") for c in accuracy)
+            *by,
+            *(pl.col(f"diff.{c}").alias(f"diff@{measure}.{c}") for c in accuracy),
+            pl.col("compute_ratio").alias(f"ratio@{measure}"),
         )
-        columns = [f"diff@{measure}.{c}" for c in accuracy]
+        columns = [*(f"diff@{measure}.{c}" for c in accuracy), f"ratio@{measure}"]
         summary = summary.join(mean_interval(diffs, by, columns), on=by, how="left")
     return summary.sort(by).collect()
 
@@ -253,16 +258,22 @@ def summary_markdown(summary: pl.DataFrame, baseline: str, cost: dict[str, Any],
         f"Each run's final accuracy minus that of `{baseline}` (same params and seed) after "
         "its last epoch whose cumulative compute is <= the run's total (no interpolation); "
         "then mean and 95% t-interval of these paired differences over seeds. `-` when "
-        "the baseline's first epoch already cost more.",
+        "the baseline's first epoch already cost more. `baseline / run` is the compute the "
+        "baseline was read at over the run's: below 1 by up to one epoch, which favours "
+        "the run; far below 1 when the run spent more than the baseline's whole run, "
+        "which is then not an equal-compute comparison.",
         "",
-        "| policy | params | compute | " + " | ".join(map(_shown, groups)) + " |",
-        "|---|---|---|" + "---|" * len(groups),
+        "| policy | params | compute | baseline / run | " + " | ".join(map(_shown, groups)) + " |",
+        "|---|---|---|---|" + "---|" * len(groups),
     ]
     for row in rows:
         if row["policy"] == baseline:
             continue
         for measure, name in MEASURES.items():
-            cells = [_cell(row, f"diff@{measure}.accuracy.{g}") for g in groups]
+            cells = [
+                _cell(row, f"ratio@{measure}", 2),
+                *(_cell(row, f"diff@{measure}.accuracy.{g}") for g in groups),
+            ]
             lines.append(
                 f"| {row['policy']} | {row['params'] or '-'} | {name} | {' | '.join(cells)} |"
             )

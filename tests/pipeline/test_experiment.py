@@ -148,6 +148,7 @@ def test_equal_compute_takes_the_last_baseline_epoch_within_the_runs_compute() -
     matched = equal_compute(results, "standard", "compute_total").collect()
     assert matched.get_column("baseline_step").to_list() == [2, 3, None]
     assert matched.get_column("diff.accuracy.hard").to_list() == pytest.approx([0.2, -0.2, None])
+    assert matched.get_column("compute_ratio").to_list() == pytest.approx([0.8, 1.0, None])
 
 
 def test_mean_interval_uses_the_t_quantile_of_the_seed_count() -> None:
