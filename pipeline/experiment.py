@@ -67,14 +67,22 @@ def _fail(path: Path, message: str, key: str | None = None) -> ConfigError:
     return ConfigError(f"{path}: {message}", key=key)
 
 
-def _check_keys(path: Path, table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
-    for key in sorted(table):
+def _refuse_unknown(
+    path: Path, keys: Any, known: Any, where: str, what: str, listed: bool = False
+) -> None:
+    """One line for the first key (sorted) that is not known, with a did-you-mean."""
+    for key in sorted(keys):
         if key not in known:
+            listing = f" (known: {', '.join(known)})" if listed else ""
             raise _fail(
                 path,
-                f"unknown key {where}{key}{_did_you_mean(key, known)} (known: {', '.join(known)})",
+                f"unknown {what} {where}{key}{_did_you_mean(key, known)}{listing}",
                 key=f"{where}{key}",
             )
+
+
+def _check_keys(path: Path, table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    _refuse_unknown(path, table, known, where, "key", listed=True)
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -92,14 +100,7 @@ def _as_config_overrides(path: Path, where: str, values: dict[str, Any]) -> dict
     """Dotted overrides checked against the RunConfig keys and types (by building the
     nested tables with `from_dict`), so a misspelt key fails before anything runs."""
     flat = _flatten(values)
-    known = config_keys()
-    for key in sorted(flat):
-        if key not in known:
-            raise _fail(
-                path,
-                f"unknown config key {where}{key}{_did_you_mean(key, known)}",
-                key=f"{where}{key}",
-            )
+    _refuse_unknown(path, flat, config_keys(), where, "config key")
     return flat
 
 
