@@ -12,7 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 import tomli_w
 
-from pipeline.config import POLICY_KEYS_ADDED_LATER, PolicyConfig, RunConfig, from_dict, to_dict
+from pipeline.config import (
+    POLICY_KEYS_ADDED_LATER,
+    PolicyConfig,
+    RunConfig,
+    from_dict,
+    load_config,
+    to_dict,
+)
 from pipeline.errors import ConfigError
 from pipeline.policies import (
     DECISION_SCHEMA,
@@ -364,6 +371,15 @@ def test_policy_keys_at_their_defaults_leave_a_runs_config_fingerprint_as_before
     for key in POLICY_KEYS_ADDED_LATER:
         del before["policy"][key]
     assert config_fingerprint(config) == hashlib.sha256(tomli_w.dumps(before).encode()).hexdigest()
+    # As computed by the code of ae72ddb, before any of these keys: a key added later and
+    # not left out at its default would change these, and refuse to resume older runs.
+    assert config_fingerprint(config) == (
+        "4b83c1859f8291e7e55200d223c5c46b26f516e93dc4796c86bca301be192459"
+    )
+    tiny = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.toml")
+    assert config_fingerprint(tiny) == (
+        "ae1a5d44dcd664569aadee53a79692985839746d12a19480d63eff56c5520edd"
+    )
     patient = replace(config, policy=replace(config.policy, patience=2))
     assert config_fingerprint(patient) != config_fingerprint(config)
 
