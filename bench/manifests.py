@@ -31,7 +31,7 @@ from bench.common import (  # noqa: E402
     write_chunked,
     write_results,
 )
-from pipeline.sorted_sink import sink_sorted  # noqa: E402
+from pipeline.sorted_sink import sort_to  # noqa: E402
 
 RUN = "bench"
 DELTA, FLOOR = 0.05, 1.0
@@ -74,7 +74,7 @@ def prepare(data: Path, rows: int) -> Path:
     parent_pool = run / "parent-pool.parquet"
     if not parent_pool.exists():
         samples = pl.scan_parquet(run / "samples.parquet").select("sample_id", "group")
-        sink_sorted({"samples": samples}, lambda samples: samples, parent_pool, rows)
+        sort_to(samples, parent_pool, rows)
     write_chunked(run / "scores" / "r00-e001.parquet", rows, _previous_scores)
     write_chunked(root / "raw-r00-e002.parquet", rows, lambda a, b: _losses(a, b).drop("loss_prev"))
     return root

@@ -43,7 +43,7 @@ from pipeline.policies import (
     stm_streak,
 )
 from pipeline.runs import read_run_record
-from pipeline.sorted_sink import sink_sorted
+from pipeline.sorted_sink import sink_sorted, sort_to
 from pipeline.store import (
     RunLayout,
     atomic_path,
@@ -98,7 +98,7 @@ def _write_sorted_pool(layout: RunLayout, source: Path) -> dict[str, Any]:
     tmp = temporary_sibling(layout.pool("pending"))
     try:
         ids = pl.scan_parquet(source).select("sample_id", "group")
-        sink_sorted({"ids": ids}, lambda ids: ids, tmp, row_count(source))
+        sort_to(ids, tmp, row_count(source))
         hasher = PoolHasher()
         for frame in slices(tmp, ["sample_id"]):
             hasher.update(frame.get_column("sample_id"))
@@ -412,8 +412,7 @@ def _checked_pass(
         pass
     resorted = temporary_sibling(staged)
     try:  # in bounded memory, like the scores (a merge of shards comes here unsorted)
-        decided = {"decided": pl.scan_parquet(staged)}
-        sink_sorted(decided, lambda decided: decided, resorted, row_count(staged))
+        sort_to(pl.scan_parquet(staged), resorted, row_count(staged))
         os.replace(resorted, staged)
     finally:
         resorted.unlink(missing_ok=True)

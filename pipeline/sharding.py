@@ -20,7 +20,7 @@ from pipeline.deltas import with_loss_deltas
 from pipeline.policies import is_row_local
 from pipeline.pruning import StepInputs, decide_step, record_decisions, record_pruning
 from pipeline.scoring import SORT_WINDOW_BATCHES, ScoreSummary, score_pool
-from pipeline.sorted_sink import sink_sorted
+from pipeline.sorted_sink import sort_to
 from pipeline.store import RunLayout, atomic_path, step_name
 
 
@@ -130,7 +130,7 @@ def merge_scores(parts: list[Path], out: Path) -> None:
     merged = pl.scan_parquet(parts)
     rows = sum(row_count(part) for part in parts)
     with atomic_path(out) as tmp:
-        sink_sorted({"merged": merged}, lambda merged: merged, tmp, rows)
+        sort_to(merged, tmp, rows)
 
 
 def merge_decisions(parts: list[Path]) -> pl.LazyFrame:

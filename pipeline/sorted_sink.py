@@ -85,6 +85,11 @@ def sink_sorted(
         shutil.rmtree(parts, ignore_errors=True)
 
 
+def sort_to(frame: pl.LazyFrame, out: Path, rows: int) -> None:
+    """Write `frame` (of `rows` rows) sorted by sample_id to `out`, in bounded memory."""
+    sink_sorted({"frame": frame}, lambda frame: frame, out, rows)
+
+
 def _bucket_scan(directory: Path, schema: pl.Schema) -> pl.LazyFrame:
     """The rows of one bucket of one input; an empty frame when it has none."""
     files = sorted(directory.glob("*.parquet"))

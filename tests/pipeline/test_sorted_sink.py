@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from pipeline import sorted_sink
-from pipeline.sorted_sink import bucket_of, sink_sorted, split_points
+from pipeline.sorted_sink import bucket_of, sink_sorted, sort_to, split_points
 
 
 def frame(n: int, seed: int = 0) -> pl.DataFrame:
@@ -25,7 +25,7 @@ def test_bucketed_sort_gives_the_in_memory_order(
     monkeypatch.setattr(sorted_sink, "SORT_IN_MEMORY_ROWS", in_memory_rows)
     data = frame(500)
     out = tmp_path / "sorted.parquet"
-    sink_sorted({"data": data.lazy()}, lambda data: data, out, data.height)
+    sort_to(data.lazy(), out, data.height)
     assert pl.read_parquet(out).equals(data.sort("sample_id"))
     assert not [p for p in tmp_path.iterdir() if p.name != "sorted.parquet"]  # parts removed
 
@@ -36,7 +36,7 @@ def test_skewed_ids_still_sort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     ids = [f"doc-{i % 3:04d}-{i:03d}" for i in range(60)][::-1]
     data = pl.DataFrame({"sample_id": ids, "loss": list(range(60))})
     out = tmp_path / "sorted.parquet"
-    sink_sorted({"data": data.lazy()}, lambda data: data, out, data.height)
+    sort_to(data.lazy(), out, data.height)
     assert pl.read_parquet(out).equals(data.sort("sample_id"))
 
 
@@ -47,7 +47,7 @@ def test_repeated_ids_survive_the_bucketed_sort(
     monkeypatch.setattr(sorted_sink, "SORT_IN_MEMORY_ROWS", 10)
     data = pl.DataFrame({"sample_id": [f"id-{i % 17:03d}" for i in range(60)], "loss": range(60)})
     out = tmp_path / "sorted.parquet"
-    sink_sorted({"data": data.lazy()}, lambda data: data, out, data.height)
+    sort_to(data.lazy(), out, data.height)
     written = pl.read_parquet(out)
     assert written["sample_id"].to_list() == sorted(data["sample_id"].to_list())
     assert written.sort("sample_id", "loss").equals(data.sort("sample_id", "loss"))
