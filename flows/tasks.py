@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import Task, task
@@ -27,7 +28,7 @@ from pipeline import sharding
 from pipeline.config import RunConfig
 from pipeline.errors import STORAGE_ERRNOS, PipelineError
 from pipeline.external_trainer import ExternalTrainStats, train_external_epoch
-from pipeline.pruning import StepInputs, pool_ids, prune_step, reset_pool
+from pipeline.pruning import StepInputs, pool_ids, prune_step, reset_pool, training_set
 from pipeline.resume import (
     ResumePoint,
     check_resumable,
@@ -147,7 +148,14 @@ def reset(ctx: RunContext, round_index: int, parent: dict[str, Any] | None) -> d
     cache_policy=NO_CACHE,
 )
 def train(ctx: RunContext, parent: dict[str, Any], round_index: int, epoch: int) -> TrainStats:
-    pool = read_samples_subset(ctx.layout.samples, pool_ids(ctx.layout, parent), TRAIN_COLUMNS)
+    ids, weights = training_set(ctx.layout, parent)
+    pool = read_samples_subset(ctx.layout.samples, ids, TRAIN_COLUMNS)
+    if weights is not None:  # in the pool's row order, which fixes the shuffle
+        pool = (
+            pl.from_arrow(pool)
+            .join(weights, on="sample_id", how="left", maintain_order="left")
+            .to_arrow()
+        )
     config = ctx.config
     return train_epoch(
         pool,

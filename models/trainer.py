@@ -45,9 +45,10 @@ def train_epoch(
     seed: int,
     shuffle_seed: int,
 ) -> TrainStats:
-    """Train one shuffled pass over `pool` (`tokens`, `loss_mask`, `n_tokens`), starting a
-    model from `seed` when `workdir` has no checkpoint. An empty pool changes no weight but
-    still counts as an epoch in the checkpoint."""
+    """Train one shuffled pass over `pool` (`tokens`, `loss_mask`, `n_tokens`, and an
+    optional `weight` per sample from a soft policy), starting a model from `seed` when
+    `workdir` has no checkpoint. An empty pool changes no weight but still counts as an
+    epoch in the checkpoint."""
     started = time.perf_counter()
     torch.set_num_threads(train_config.threads)
     columns = _training_columns(pool, model_config)
@@ -59,12 +60,15 @@ def train_epoch(
     # An empty tensor still splits into one (empty) batch: there is nothing to train on.
     row_batches = order.split(train_config.batch_size) if pool.num_rows else ()
     loss_sum = 0.0
+    weights = _sample_weights(pool)
     for rows in row_batches:
         tokens, loss_mask = _padded_batch(columns, rows.numpy())
         losses = scorer(tokens, loss_mask)
         optimizer.zero_grad(set_to_none=True)
-        # Every sample weighs the same whatever its length, as in the loss the scorer reports.
-        losses.mean().backward()
+        # Every sample weighs the same whatever its length, as in the loss the scorer
+        # reports, times its soft-pruning weight when it has one (InfoBatch's rescaling).
+        objective = losses if weights is None else losses * weights[rows]
+        objective.mean().backward()
         nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP_NORM)
         optimizer.step()
         loss_sum += losses.detach().sum().item()
@@ -76,6 +80,15 @@ def train_epoch(
         mean_loss=loss_sum / pool.num_rows if pool.num_rows else 0.0,
         seconds=time.perf_counter() - started,
     )
+
+
+def _sample_weights(pool: pa.Table) -> Tensor | None:
+    if "weight" not in pool.column_names:
+        return None
+    weights = pool.column("weight").to_numpy().astype(np.float32)
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise DatasetError("column weight: training weights must be finite and non-negative")
+    return torch.from_numpy(weights)
 
 
 def _training_columns(pool: pa.Table, model_config: ModelConfig) -> pa.Table:

@@ -95,6 +95,9 @@ class PolicyConfig:
     after epoch e, the fraction `schedule[e-1]` of the dataset (the last one after the
     list ends), ranked by the sample table's `rank_column` or else by loss, in
     `rank_order` (unset: high scores first for a rank column, low losses first).
+    `infobatch` lets a below-mean-loss sample sit the next epoch out with probability
+    `prune_ratio` and rescales the other below-mean ones, drawing from `seed`; the last
+    `anneal_epochs` epochs of a round train on the whole pool unweighted.
     """
 
     name: str = "stm"
@@ -110,6 +113,8 @@ class PolicyConfig:
     schedule: tuple[float, ...] = (1.0, 1.0, 0.5, 0.3, 0.1)
     rank_column: str | None = None
     rank_order: Literal["low_first", "high_first"] | None = None
+    prune_ratio: float = 0.5
+    anneal_epochs: int = 1
 
     def floor_for_round(self, round_index: int) -> float:
         return self.floor * self.tighten**round_index
@@ -122,7 +127,15 @@ class PolicyConfig:
 
 # Policy keys added after runs were first recorded: a run's config fingerprint leaves
 # them out while they hold their defaults, so runs started before they existed resume.
-POLICY_KEYS_ADDED_LATER = ("warmup", "patience", "ceiling", "seed", "schedule")
+POLICY_KEYS_ADDED_LATER = (
+    "warmup",
+    "patience",
+    "ceiling",
+    "seed",
+    "schedule",
+    "prune_ratio",
+    "anneal_epochs",
+)
 
 
 @dataclass(frozen=True)
@@ -296,6 +309,12 @@ class RunConfig:
         yield from _schedule_problems(policy.schedule)
         if policy.rank_column is not None and not policy.rank_column.strip():
             yield "policy.rank_column", "must not be empty"
+        if not 0 <= policy.prune_ratio < 1:
+            yield (
+                "policy.prune_ratio",
+                "must be in [0, 1): kept samples weigh 1 / (1 - prune_ratio)",
+            )
+        yield from _at_least(0, **{"policy.anneal_epochs": policy.anneal_epochs})
 
     def _trainer_problems(self) -> Iterator[tuple[str, str]]:
         trainer = self.trainer

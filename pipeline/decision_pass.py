@@ -14,20 +14,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline.manifest import PoolHasher
+from pipeline.manifest import PoolHasher, WeightsHasher
 
 # Rows per slice: large enough that the per-slice overhead is small, small enough that a
 # few slices of ids fit in tens of megabytes.
 PASS_ROWS = 1 << 20
 
-# The decisions file's columns, in order.
+# The decisions file's columns, in order; a soft policy's decisions end with `weight`.
 DECISION_COLUMNS = ("sample_id", "group", "keep", "reason", "loss", "loss_prev", "delta")
+WEIGHT = "weight"
 
 
 class Misaligned(Exception):
@@ -43,6 +45,8 @@ class PassResult:
     pool_size: int
     kept: dict[tuple[str, str], int]  # (reason, group) -> count
     dropped: dict[tuple[str, str], int]
+    weights_sha256: str | None = None  # a soft policy's weights (`WeightsHasher`)
+    weighted: int = 0  # pool samples with a weight above 0: the next epoch's training set
 
 
 def row_count(path: Path) -> int:
@@ -64,38 +68,59 @@ def _arrow_schema(schema: pl.Schema) -> object:
 
 
 def decision_pass(
-    decisions: Path, parent_pool: Path, decisions_out: Path, pool_out: Path
+    decisions: Path,
+    parent_pool: Path,
+    decisions_out: Path,
+    pool_out: Path,
+    weights_out: Path | None = None,
 ) -> PassResult:
     """Write the decisions with their groups to `decisions_out` and the survivors to
-    `pool_out`; raises Misaligned at the first slice that does not match the parent."""
+    `pool_out` (and, for decisions with a `weight` column, the survivors' weights to
+    `weights_out`); raises Misaligned at the first slice that does not match the parent."""
     scored = row_count(decisions)
     if scored != row_count(parent_pool):
         raise Misaligned
     parent_schema = pl.scan_parquet(parent_pool).select("sample_id", "group").collect_schema()
     decided_schema = pl.scan_parquet(decisions).collect_schema()
-    out_schema = pl.Schema(
-        {name: (parent_schema | decided_schema)[name] for name in DECISION_COLUMNS}
-    )
-    hasher = PoolHasher()
+    names = [*DECISION_COLUMNS, *([WEIGHT] if WEIGHT in decided_schema else [])]
+    if WEIGHT in names and weights_out is None:
+        raise ValueError("decisions with weights need a weights_out file")
+    out_schema = pl.Schema({name: (parent_schema | decided_schema)[name] for name in names})
+    hasher, weights_hasher = PoolHasher(), WeightsHasher()
     kept: Counter[tuple[str, str]] = Counter()
     dropped: Counter[tuple[str, str]] = Counter()
-    columns = [name for name in DECISION_COLUMNS if name != "group"]
-    with (
-        pq.ParquetWriter(decisions_out, _arrow_schema(out_schema), compression="zstd") as out,
-        pq.ParquetWriter(pool_out, _arrow_schema(parent_schema), compression="zstd") as pool,
-    ):
+    weighted = 0
+    columns = [name for name in names if name != "group"]
+    weights_schema = pl.Schema({"sample_id": pl.String, WEIGHT: pl.Float64})
+    with ExitStack() as files:
+        out = files.enter_context(
+            pq.ParquetWriter(decisions_out, _arrow_schema(out_schema), compression="zstd")
+        )
+        pool = files.enter_context(
+            pq.ParquetWriter(pool_out, _arrow_schema(parent_schema), compression="zstd")
+        )
+        weights = None
+        if WEIGHT in names:
+            weights = files.enter_context(
+                pq.ParquetWriter(weights_out, _arrow_schema(weights_schema), compression="zstd")
+            )
         for frame, parent in zip(
             slices(decisions, columns), slices(parent_pool, ["sample_id", "group"]), strict=True
         ):
             ids, parent_ids = frame.get_column("sample_id"), parent.get_column("sample_id")
             if not ids.eq_missing(parent_ids).all():  # a null id must not pass as aligned
                 raise Misaligned
-            frame = frame.with_columns(parent.get_column("group")).select(DECISION_COLUMNS)
+            frame = frame.with_columns(parent.get_column("group")).select(names)
             out.write_table(frame.to_arrow())
-            survivors = frame.filter(pl.col("keep")).select("sample_id", "group")
+            survivors = frame.filter(pl.col("keep"))
             if survivors.height:
-                pool.write_table(survivors.to_arrow())
+                pool.write_table(survivors.select("sample_id", "group").to_arrow())
                 hasher.update(survivors.get_column("sample_id"))
+            if weights is not None and survivors.height:
+                kept_weights = survivors.select("sample_id", pl.col(WEIGHT).cast(pl.Float64))
+                weights.write_table(kept_weights.to_arrow())
+                weights_hasher.update(kept_weights.get_column(WEIGHT))
+                weighted += kept_weights.filter(pl.col(WEIGHT) > 0).height
             for keep, reason, group, count in (
                 frame.group_by("keep", "reason", "group").len().iter_rows()
             ):
@@ -106,4 +131,6 @@ def decision_pass(
         pool_size=sum(kept.values()),
         kept=dict(kept),
         dropped=dict(dropped),
+        weights_sha256=weights_hasher.hexdigest() if WEIGHT in names else None,
+        weighted=weighted,
     )

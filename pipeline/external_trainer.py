@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import TrainerConfig
 from pipeline.errors import TrainerError
-from pipeline.pruning import pool_ids
+from pipeline.pruning import training_set
 from pipeline.shards import export_pool
 from pipeline.store import RunLayout, read_samples_subset
 
@@ -241,7 +241,7 @@ def train_external_epoch(
     )
     return ExternalTrainStats(
         samples=exported.rows,
-        tokens_trained=pool_tokens(layout.samples, pool_ids(layout, parent), exported.rows),
+        tokens_trained=pool_tokens(layout.samples, training_set(layout, parent)[0], exported.rows),
         mean_loss=None,
         seconds=seconds,
         metrics=read_trainer_metrics(call.workdir / METRICS_FILE),

@@ -69,6 +69,29 @@ class PoolHasher:
         return self._digest.hexdigest()
 
 
+class WeightsHasher:
+    """sha256 over a pool's weights as little-endian float64 bytes in sorted-id order (the
+    ids themselves are the pool hash's), fed a slice at a time: the same digest however
+    the weights are sliced, and over values, not the file's bytes, so a manifest's id
+    does not depend on the Parquet writer's version."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def update(self, weights: pl.Series) -> None:
+        self._digest.update(weights.cast(pl.Float64).to_numpy().astype("<f8").tobytes())
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def weights_hash(weights: pl.Series) -> str:
+    """`WeightsHasher` over a whole pool's weights, sorted by sample_id."""
+    hasher = WeightsHasher()
+    hasher.update(weights)
+    return hasher.hexdigest()
+
+
 def pool_hash_of_frame(pool: pl.DataFrame) -> str:
     """`pool_hash` of a frame's ids, in any order."""
     hasher = PoolHasher()
@@ -77,7 +100,13 @@ def pool_hash_of_frame(pool: pl.DataFrame) -> str:
 
 
 def identity(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields a manifest's id covers. A soft policy's weights are part of what the
+    next epoch trains on, so they join the identity, only when present: every manifest
+    without weights keeps the id it had before weights existed."""
+    weights = record["pool"].get("weights")
+    extra = {"weights_sha256": weights["sha256"]} if weights else {}
     return {
+        **extra,
         "schema_version": record["schema_version"],
         "round": record["round"],
         "epoch": record["epoch"],
@@ -139,11 +168,47 @@ def verify_manifest(root: Path, path: Path) -> dict[str, Any]:
         raise ManifestIntegrityError(f"{pool_file}: ids do not match pool hash in {path}")
     if pool.height != record["pool"]["size"]:
         raise ManifestIntegrityError(f"{path}: pool size {record['pool']['size']} != {pool.height}")
+    _verify_weights(root, path, record, pool)
     for ref in _file_refs(record):
         file = root / ref["path"]
         if not file.is_file() or sha256_file(file) != ref["sha256"]:
             raise ManifestIntegrityError(f"{file}: missing or changed since {path} was written")
     return record
+
+
+def training_weights(root: Path, record: dict[str, Any]) -> pl.DataFrame | None:
+    """(sample_id, weight) of the samples a soft policy's manifest trains on next, every
+    weight above 0 (a sample weighted 0 sits the epoch out but stays in the pool), sorted
+    by id; None for a manifest without weights, whose whole pool trains at weight 1."""
+    entry = record["pool"].get("weights")
+    if entry is None:
+        return None
+    weights = pl.read_parquet(root / entry["path"], columns=["sample_id", "weight"])
+    return weights.filter(pl.col("weight") > 0)
+
+
+def _verify_weights(root: Path, path: Path, record: dict[str, Any], pool: pl.DataFrame) -> None:
+    """A soft policy's weights: one per pool sample, in the pool's order, matching their
+    hash and the count of samples weighted above 0."""
+    entry = record["pool"].get("weights")
+    if entry is None:
+        return
+    weights_file = root / entry["path"]
+    try:
+        weights = pl.read_parquet(weights_file, columns=["sample_id", "weight"])
+    except (OSError, pl.exceptions.PolarsError) as err:
+        raise ManifestIntegrityError(
+            f"{path}: weights file {weights_file} unreadable: {err}"
+        ) from err
+    if not weights.get_column("sample_id").equals(pool.get_column("sample_id")):
+        raise ManifestIntegrityError(f"{weights_file}: ids are not the pool of {path}")
+    if weights_hash(weights.get_column("weight")) != entry["sha256"]:
+        raise ManifestIntegrityError(f"{weights_file}: weights do not match their hash in {path}")
+    if weights.filter(pl.col("weight") > 0).height != entry["trained"]:
+        raise ManifestIntegrityError(
+            f"{path}: pool.weights.trained {entry['trained']} but {weights_file} weights "
+            f"{weights.filter(pl.col('weight') > 0).height} samples above 0"
+        )
 
 
 def _file_refs(record: dict[str, Any]) -> list[dict[str, str]]:

@@ -37,10 +37,18 @@ IMPROVING = "improving"
 HOPELESS = "hopeless"
 RANDOM = "random"
 BELOW_QUANTILE = "below_quantile"
+SKIPPED = "skipped"
+RESCALED = "rescaled"
+ABOVE_MEAN = "above_mean"
+ANNEAL = "anneal"
 
 # Columns the I/O edge joins onto the scores for the policies that need them.
 STREAK = "streak"  # consecutive earlier passes of the round that met STM's drop condition
 RANK_SCORE = "rank_score"  # the sample table's `rank_column`, for selective-repetition
+
+# The optional decisions column of a soft policy: how much each sample of the pool weighs
+# in the next epoch's training loss (0: it sits the epoch out but stays in the pool).
+WEIGHT = "weight"
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,9 @@ class PolicyParams:
     ceiling: float = 1.0
     seed: int = 0
     rank_order: Literal["low_first", "high_first"] = "low_first"
+    prune_ratio: float = 0.5
     pool_target: int | None = None
+    last_soft_epoch: int | None = None
 
     @classmethod
     def for_round(cls, config: PolicyConfig, round_index: int) -> PolicyParams:
@@ -70,6 +80,7 @@ class PolicyParams:
             ceiling=config.ceiling,
             seed=config.seed,
             rank_order=config.resolved_rank_order(),
+            prune_ratio=config.prune_ratio,
         )
 
 
@@ -283,6 +294,60 @@ def selective_repetition(scores: pl.LazyFrame, params: PolicyParams) -> pl.LazyF
     ).with_columns(keep=pl.col("reason") == KEPT)
 
 
+def uniform_draws(ids: pl.Series, seed: int, round_index: int, epoch: int) -> np.ndarray:
+    """One uniform number in [0, 1) per id, drawn by numpy's Generator seeded with (seed,
+    round, epoch) over the ids in sorted order: the same draw whatever the row order."""
+    order = ids.arg_sort().to_numpy()
+    draws = np.empty(len(ids), dtype=np.float64)
+    draws[order] = np.random.default_rng([seed, round_index, epoch]).random(len(ids))
+    return draws
+
+
+def infobatch(scores: pl.LazyFrame, params: PolicyParams) -> pl.LazyFrame:
+    """Soft pruning in the style of InfoBatch (Qin et al., ICLR 2024): each epoch, a
+    sample whose loss is below the pass's mean sits the next epoch out with probability
+    `prune_ratio` (`skipped`, weight 0); the other below-mean samples weigh 1/(1 -
+    prune_ratio) (`rescaled`), so the expected gradient stays that of the full pool; the
+    rest weigh 1 (`above_mean`). Nothing leaves the pool for good: every sample is scored
+    again and drawn afresh each epoch. After epoch `last_soft_epoch` (the edge resolves it
+    from the run's epochs and `anneal_epochs`) the whole pool trains unweighted
+    (`anneal`), InfoBatch's annealing, which undoes the bias of the rescaling."""
+    if params.last_soft_epoch is None:
+        raise ValueError("policy 'infobatch' needs the step's last_soft_epoch from the I/O edge")
+    ratio = params.prune_ratio
+
+    def draws(columns: pl.Series) -> pl.Series:
+        fields = columns.struct
+        step = (
+            (int(fields.field("round")[0]), int(fields.field("epoch")[0]))
+            if len(columns)
+            else (0, 0)
+        )
+        return pl.Series(uniform_draws(fields.field("sample_id"), params.seed, *step))
+
+    drawn = pl.struct("sample_id", "round", "epoch").map_batches(draws, return_dtype=pl.Float64)
+    below_mean = pl.col("loss") < pl.col("loss").mean()
+    reason = (
+        pl.when(pl.col("epoch") > params.last_soft_epoch)
+        .then(pl.lit(ANNEAL))
+        .when(~below_mean)
+        .then(pl.lit(ABOVE_MEAN))
+        .when(drawn < ratio)
+        .then(pl.lit(SKIPPED))
+        .otherwise(pl.lit(RESCALED))
+    )
+    weight = (
+        pl.when(pl.col("reason") == SKIPPED)
+        .then(0.0)
+        .when(pl.col("reason") == RESCALED)
+        .then(1.0 / (1.0 - ratio))
+        .otherwise(1.0)
+    )
+    return scores.with_columns(reason=reason).with_columns(
+        keep=pl.lit(True), weight=weight.cast(pl.Float64)
+    )
+
+
 @dataclass(frozen=True)
 class PolicyEntry:
     """A registered policy. `row_local`: it decides a sample from its own row (and its
@@ -293,6 +358,7 @@ class PolicyEntry:
     decide: Policy
     row_local: bool
     params: tuple[str, ...]
+    soft: bool = False
 
 
 POLICIES: dict[str, PolicyEntry] = {
@@ -306,6 +372,7 @@ POLICIES: dict[str, PolicyEntry] = {
     "selective-repetition": PolicyEntry(
         selective_repetition, False, ("schedule", "rank_column", "rank_order")
     ),
+    "infobatch": PolicyEntry(infobatch, False, ("prune_ratio", "anneal_epochs", "seed"), soft=True),
 }
 
 
@@ -325,6 +392,12 @@ def get_policy(name: str) -> Policy:
 
 def is_row_local(name: str) -> bool:
     return _entry(name).row_local
+
+
+def is_soft(name: str) -> bool:
+    """A soft policy weights the next epoch's training instead of removing samples: its
+    decisions carry a `weight` column and keep every sample in the pool."""
+    return _entry(name).soft
 
 
 def policy_parameters(name: str, config: PolicyConfig, round_index: int) -> dict[str, object]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from pipeline.config import PolicyConfig
+from pipeline.config import PolicyConfig, load_config
 from pipeline.decision_pass import (
     DECISION_COLUMNS,
+    WEIGHT,
     Misaligned,
     PassResult,
     decision_pass,
@@ -31,6 +33,7 @@ from pipeline.manifest import (
     encode_record,
     group_counts,
     load_manifest,
+    training_weights,
     with_id,
 )
 from pipeline.policies import (
@@ -73,6 +76,15 @@ def pool_ids(layout: RunLayout, record: dict[str, Any]) -> pa.Array:
     """The surviving ids of a manifest, as an Arrow array for pushed-down filters."""
     path = layout.resolve(record["pool"]["path"])
     return pl.read_parquet(path, columns=["sample_id"]).get_column("sample_id").to_arrow()
+
+
+def training_set(layout: RunLayout, record: dict[str, Any]) -> tuple[pa.Array, pl.DataFrame | None]:
+    """What the epoch after `record` trains on: the ids, and for a soft policy's manifest
+    their weights (`training_weights`). Without weights, the whole pool at weight 1."""
+    weights = training_weights(layout.root, record)
+    if weights is None:
+        return pool_ids(layout, record), None
+    return weights.get_column("sample_id").to_arrow(), weights
 
 
 def _store_pool(layout: RunLayout, written: Path, digest: str) -> Path:
@@ -208,7 +220,10 @@ def decide(
     needs nothing beyond the scores)."""
     params = params or PolicyParams.for_round(policy, round_index)
     decided = get_policy(policy.name)(scores, params)
-    return decided.select(name for name in DECISION_COLUMNS if name != "group")
+    columns = [name for name in DECISION_COLUMNS if name != "group"]
+    if WEIGHT in decided.collect_schema():  # a soft policy's
+        columns.append(WEIGHT)
+    return decided.select(columns)
 
 
 def decide_step(
@@ -238,6 +253,11 @@ def policy_inputs(
         dataset_size = _round_reset(layout, round_index)["pool"]["size"]
         target = repetition_target(policy.schedule, epoch, dataset_size)
         params = replace(params, pool_target=target)
+    elif policy.name == "infobatch":
+        # The decision after epoch e weights epoch e + 1: the last `anneal_epochs` of the
+        # run's epochs train on the whole pool.
+        epochs = load_config(layout.config).epochs
+        params = replace(params, last_soft_epoch=epochs - policy.anneal_epochs - 1)
     return scores, params
 
 
@@ -338,13 +358,20 @@ def record_decisions(
     under its final name before every check passed."""
     decisions_path = layout.decisions(step.round_index, step.epoch)
     parent_pool = layout.resolve(parent["pool"]["path"])
+    weights_path = layout.weights(step.round_index, step.epoch)
     staged = temporary_sibling(decisions_path)
     pool_tmp = None
     try:
         pool_tmp = temporary_sibling(layout.pool("pending"))
+        weighted = WEIGHT in decisions.collect_schema()
         decisions.sink_parquet(staged)
-        with atomic_path(decisions_path) as tmp:
-            seen = _checked_pass(staged, parent, parent_pool, tmp, pool_tmp, scores_path)
+        with (
+            atomic_path(decisions_path) as tmp,
+            atomic_path(weights_path) if weighted else nullcontext() as weights_tmp,
+        ):
+            seen = _checked_pass(
+                staged, parent, parent_pool, (tmp, pool_tmp, weights_tmp), scores_path
+            )
         pool_path = _store_pool(layout, pool_tmp, seen.pool_sha256)
     except BaseException:
         if pool_tmp is not None:
@@ -353,6 +380,13 @@ def record_decisions(
     finally:
         staged.unlink(missing_ok=True)
     by_reason = _tally(seen.kept, seen.dropped)[0]
+    pool = _pool_entry(layout, pool_path, seen.pool_sha256, seen.pool_size, _tally(seen.kept)[1])
+    if seen.weights_sha256 is not None:
+        pool["weights"] = {
+            "path": layout.relative(weights_path),
+            "sha256": seen.weights_sha256,
+            "trained": seen.weighted,
+        }
     _log_step(step, seen)
     tokens = parent["tokens"]
     record = {
@@ -369,9 +403,7 @@ def record_decisions(
             else None
         ),
         "dataset": parent["dataset"],
-        "pool": _pool_entry(
-            layout, pool_path, seen.pool_sha256, seen.pool_size, _tally(seen.kept)[1]
-        ),
+        "pool": pool,
         "step": {
             "scored": seen.scored,
             "dropped": seen.scored - seen.pool_size,
@@ -399,15 +431,15 @@ def _checked_pass(
     staged: Path,
     parent: dict[str, Any],
     parent_pool: Path,
-    decisions_out: Path,
-    pool_out: Path,
+    outputs: tuple[Path, Path, Path | None],
     scores_path: Path,
 ) -> PassResult:
-    """The decision pass over the staged decisions; if they do not line up with the
-    parent pool, sorted once (a policy may reorder rows) and passed again, and if they
-    still do not, the error that names the wrong sample."""
+    """The decision pass over the staged decisions into `outputs` (decisions, pool,
+    weights); if they do not line up with the parent pool, sorted once (a policy may
+    reorder rows) and passed again, and if they still do not, the error that names the
+    wrong sample."""
     try:
-        return decision_pass(staged, parent_pool, decisions_out, pool_out)
+        return decision_pass(staged, parent_pool, *outputs)
     except Misaligned:
         pass
     resorted = temporary_sibling(staged)
@@ -417,7 +449,7 @@ def _checked_pass(
     finally:
         resorted.unlink(missing_ok=True)
     try:
-        return decision_pass(staged, parent_pool, decisions_out, pool_out)
+        return decision_pass(staged, parent_pool, *outputs)
     except Misaligned:
         raise _mismatch(scores_path, parent, parent_pool, staged) from None
 

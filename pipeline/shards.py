@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import ManifestIntegrityError, StoreError
-from pipeline.manifest import encode_record, pool_hash_of_frame
+from pipeline.manifest import encode_record, pool_hash_of_frame, training_weights
 from pipeline.store import RunLayout, iter_samples_subset, sha256_file
 
 # Columns the built-in model adds to the sample table; they are not the user's data.
@@ -69,6 +69,16 @@ def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]
         yield pa.Table.from_batches(pending)
 
 
+def _with_weights(
+    batches: Iterator[pa.RecordBatch], weights: pl.DataFrame
+) -> Iterator[pa.RecordBatch]:
+    """Each batch with its samples' `weight`, in the batch's row order."""
+    for batch in batches:
+        frame = pl.from_arrow(pa.Table.from_batches([batch]))
+        joined = frame.join(weights, on="sample_id", how="left", maintain_order="left")
+        yield from joined.to_arrow().to_batches()
+
+
 def _write_shard(table: pa.Table, path: Path, fmt: ShardFormat) -> None:
     if fmt == "parquet":
         pq.write_table(table, path, compression="zstd")
@@ -86,7 +96,9 @@ def export_pool(
     on_progress: Callable[[int], None] | None = None,
 ) -> ExportSummary:
     """Write the pool of `record` as shards under `out`, which must not exist yet;
-    `on_progress` is told the rows of each shard written."""
+    `on_progress` is told the rows of each shard written. A soft policy's manifest
+    (`pool.weights`) exports what the next epoch trains on: the samples weighted above 0,
+    with their `weight` column for the trainer's loss."""
     if out.exists():
         raise StoreError(f"{out}: already exists; export into a new directory")
     columns = dataset_columns(pq.read_schema(layout.samples))
@@ -96,15 +108,21 @@ def export_pool(
         raise ManifestIntegrityError(
             f"{pool_file}: ids do not match the pool hash of manifest {record['id'][:12]}"
         )
+    weights = training_weights(layout.root, record)
+    if weights is not None:
+        ids = weights.select("sample_id")
     size = rows_per_shard_for(ids.height, shards, rows_per_shard)
     scanner = iter_samples_subset(
         layout.samples, ids["sample_id"].to_arrow(), columns, SCAN_BATCH_ROWS
     )
+    batches = scanner.to_batches()
+    if weights is not None:
+        batches = _with_weights(batches, weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         names, rows = [], 0
-        for index, table in enumerate(_rebatch(scanner.to_batches(), size)):
+        for index, table in enumerate(_rebatch(batches, size)):
             name = f"part-{index:05d}.{fmt}"
             _write_shard(table, staging / name, fmt)
             names.append(name)

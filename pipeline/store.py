@@ -91,6 +91,10 @@ class RunLayout:
     def decisions(self, round_index: int, epoch: int) -> Path:
         return self.run_dir / "decisions" / f"{step_name(round_index, epoch)}.parquet"
 
+    def weights(self, round_index: int, epoch: int) -> Path:
+        """A soft policy's training weights for the epoch after (round, epoch)."""
+        return self.run_dir / "weights" / f"{step_name(round_index, epoch)}.parquet"
+
     def manifest(self, round_index: int, epoch: int) -> Path:
         return self.run_dir / "manifests" / f"{step_name(round_index, epoch)}.json"
 

@@ -139,3 +139,29 @@ def test_seen_sample_is_the_first_training_samples_of_each_group(
     monkeypatch.setattr(evaluate, "SEEN_PER_GROUP", 2)
     seen = evaluate.seen_sample(samples, "prompt", "target")
     assert sorted(seen.column("sample_id").to_pylist()) == ["s00", "s01", "s02", "s03"]
+
+
+def test_infobatch_trains_on_the_weighted_samples_and_scores_the_whole_pool(
+    tmp_path: Path,
+) -> None:
+    """Soft pruning through the flow: the pool never shrinks and every epoch scores all of
+    it, while training skips the samples weighted 0 (fewer tokens) until the last epoch."""
+    base = load_config(TINY)
+    policy = replace(base.policy, name="infobatch", prune_ratio=0.5, anneal_epochs=1)
+    result = stm_flow(tiny_config(tmp_path, rounds=1, epochs=3, policy=policy))
+    layout, manifests = result.layout, result.manifests
+    full = manifests[0]["pool"]["size"]
+    prunes = [m for m in manifests if m["kind"] == "prune"]
+    assert [m["pool"]["size"] for m in prunes] == [full] * 3
+    assert [m["step"]["scored"] for m in prunes] == [full] * 3
+    trained = [m["tokens"]["trained_step"] for m in prunes]
+    weights = pl.read_parquet(layout.resolve(prunes[0]["pool"]["weights"]["path"]))
+    samples = pl.read_parquet(layout.samples, columns=["sample_id", "n_tokens"])
+    skipped = weights.filter(pl.col("weight") == 0).join(samples, on="sample_id")
+    assert skipped.height > 0
+    # epoch 2 trains on what epoch 1's step weighted above 0; epoch 3 (annealing) on all
+    assert trained[1] == trained[0] - skipped["n_tokens"].sum()
+    assert trained[2] == trained[0]
+    assert prunes[1]["step"]["by_reason"] == {"anneal": full}
+    for record in manifests:
+        verify_manifest(layout.root, layout.manifest(record["round"], record["epoch"]))

@@ -106,3 +106,31 @@ def test_an_unencoded_pool_is_refused(tmp_path: Path) -> None:
     unencoded = pool.drop_columns(["loss_mask"])
     with pytest.raises(MissingColumn, match="column loss_mask"):
         train_epoch(unencoded, tmp_path, 20, tiny_config("gru"), TRAIN, 0, 0)
+
+
+def _weighted(pool, weight: float):
+    import pyarrow as pa
+
+    return pool.append_column("weight", pa.array([weight] * pool.num_rows, pa.float64()))
+
+
+def test_a_soft_policys_weights_scale_each_samples_loss(tmp_path: Path) -> None:
+    pool, _ = make_pool()
+    _train(tmp_path / "plain", pool=pool)
+    _train(tmp_path / "ones", pool=_weighted(pool, 1.0))
+    _train(tmp_path / "double", pool=_weighted(pool, 2.0))
+    assert _equal(_weights(tmp_path / "plain"), _weights(tmp_path / "ones"))
+    assert not _equal(_weights(tmp_path / "plain"), _weights(tmp_path / "double"))
+
+
+def test_weights_of_zero_change_no_parameter(tmp_path: Path) -> None:
+    pool, _ = make_pool()
+    _train(tmp_path / "start", pool=pool.slice(0, 0))  # an untouched model from the seed
+    _train(tmp_path / "zero", pool=_weighted(pool, 0.0))
+    assert _equal(_weights(tmp_path / "start"), _weights(tmp_path / "zero"))
+
+
+def test_a_negative_weight_is_refused(tmp_path: Path) -> None:
+    pool, _ = make_pool()
+    with pytest.raises(DatasetError, match="column weight: training weights must be"):
+        _train(tmp_path, pool=_weighted(pool, -1.0))

@@ -267,7 +267,7 @@ def test_selective_repetition_ranks_a_nan_score_last_as_a_missing_one() -> None:
 
 
 def params_for(name: str) -> PolicyParams:
-    return replace(ABSOLUTE, pool_target=None if is_row_local(name) else 2)
+    return replace(ABSOLUTE, pool_target=None if is_row_local(name) else 2, last_soft_epoch=5)
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
@@ -282,8 +282,9 @@ def test_every_policy_returns_the_decision_schema_one_row_per_sample_in_order(
     assert out["sample_id"].to_list() == ["s0", "s1", "s2"]
 
 
-def test_only_pool_size_policies_need_the_whole_pool() -> None:
+def test_only_pool_size_and_pool_mean_policies_need_the_whole_pool() -> None:
     assert sorted(name for name in POLICIES if not is_row_local(name)) == [
+        "infobatch",
         "random",
         "selective-repetition",
     ]
@@ -293,7 +294,7 @@ def test_unknown_policy_names_the_key_and_known_policies() -> None:
     with pytest.raises(
         ConfigError,
         match=r"policy.name: unknown policy 'stn' \(known: anti-stm, delta-only, dual-stm, "
-        r"floor-only, random, selective-repetition, standard, stm\)",
+        r"floor-only, infobatch, random, selective-repetition, standard, stm\)",
     ):
         get_policy("stn")
 
@@ -325,6 +326,11 @@ def test_manifest_params_are_the_policys_own_and_new_keys_only_when_set() -> Non
         "schedule": [1.0, 1.0, 0.5, 0.3, 0.1],
         "rank_order": "low_first",
     }
+    assert policy_parameters("infobatch", config, 0) == {
+        "prune_ratio": 0.5,
+        "anneal_epochs": 1,
+        "seed": 0,
+    }
     ranked = replace(config, rank_column="quality")
     assert policy_parameters("selective-repetition", ranked, 0) == {
         "schedule": [1.0, 1.0, 0.5, 0.3, 0.1],
@@ -350,6 +356,9 @@ def test_manifest_params_are_the_policys_own_and_new_keys_only_when_set() -> Non
         ({"schedule": ["a"]}, 'policy.schedule: expected a number, got "a"'),
         ({"rank_column": " "}, "policy.rank_column: must not be empty"),
         ({"rank_order": "high"}, 'policy.rank_order: "high" is not one of'),
+        ({"prune_ratio": 1.0}, "policy.prune_ratio: must be in \\[0, 1\\)"),
+        ({"prune_ratio": -0.1}, "policy.prune_ratio: must be in \\[0, 1\\)"),
+        ({"anneal_epochs": -1}, "policy.anneal_epochs: must be at least 0, got -1"),
     ],
 )
 def test_bad_policy_values_name_the_key(values: dict[str, Any], message: str) -> None:

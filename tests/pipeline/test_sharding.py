@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import PolicyConfig
+from pipeline.config import PolicyConfig, RunConfig, dumps_toml
 from pipeline.policies import POLICIES, is_row_local
 from pipeline.pruning import StepInputs, decide, pool_ids, prune_step, reset_pool
 from pipeline.scoring import score_pool
@@ -107,6 +107,7 @@ def run_steps(
     if not layout.samples.exists():
         layout.run_dir.mkdir(parents=True)
         pq.write_table(make_sample_table(SHARDED_SAMPLES), layout.samples)
+    layout.config.write_text(dumps_toml(RunConfig(epochs=epochs, policy=policy)))
     scorer = make_sum_scorer(root / "scorer.onnx")
     records = [reset_pool(layout, 0, None, policy, "fp")]
     for epoch in range(1, epochs + 1):
@@ -137,8 +138,9 @@ def run_steps(
         PolicyConfig(name="selective-repetition", schedule=(1.0, 0.5, 0.25)),
         PolicyConfig(name="random", reference_run="ref", seed=2),
         PolicyConfig(name="stm", patience=2, delta=0.0, floor=10.0),
+        PolicyConfig(name="infobatch", anneal_epochs=0, seed=1),
     ],
-    ids=["selective-repetition", "random", "stm-patience"],
+    ids=["selective-repetition", "random", "stm-patience", "infobatch"],
 )
 def test_a_sharded_step_gives_the_single_process_manifests(
     policy: PolicyConfig, tmp_path: Path
@@ -154,5 +156,8 @@ def test_a_sharded_step_gives_the_single_process_manifests(
         runs.append(run_steps(root, policy, 3, sharded))
     single, sharded_run = runs
     assert [r["id"] for r in sharded_run] == [r["id"] for r in single]
-    assert single[-1]["pool"]["size"] < SHARDED_SAMPLES
+    if policy.name == "infobatch":  # soft: the pool stays, the weights change
+        assert single[1]["pool"]["weights"]["trained"] < SHARDED_SAMPLES
+    else:
+        assert single[-1]["pool"]["size"] < SHARDED_SAMPLES
     assert not any(p.name.endswith(".parts") for p in (tmp_path / "sharded").rglob("*"))
