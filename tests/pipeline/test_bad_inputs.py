@@ -73,8 +73,9 @@ def test_a_huge_row_is_named_not_trained_on(tmp_path: Path) -> None:
             "nested_unknown_key.toml",
             [
                 "unknown config key policy.flor, did you mean 'floor'? "
-                "(known in [policy]: ceiling, delta, delta_mode, floor, name, patience, "
-                "rank_column, rank_order, reference_run, schedule, seed, tighten, warmup)"
+                "(known in [policy]: anneal_epochs, ceiling, delta, delta_mode, floor, name, "
+                "patience, prune_ratio, rank_column, rank_order, reference_run, schedule, "
+                "seed, tighten, warmup)"
             ],
         ),
         ("misplaced_key.toml", ["unknown config key floor, did you mean 'floor' in [policy]?"]),
