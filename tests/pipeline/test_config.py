@@ -51,8 +51,9 @@ def test_resolved_config_round_trips_through_toml(tmp_path: Path) -> None:
         (
             "[policy]\nflor = 0.1",
             "unknown config key policy.flor, did you mean 'floor'? "
-            "(known in [policy]: ceiling, delta, delta_mode, floor, name, patience, "
-            "rank_column, rank_order, reference_run, schedule, seed, tighten, warmup)",
+            "(known in [policy]: anneal_epochs, ceiling, delta, delta_mode, floor, name, "
+            "patience, prune_ratio, rank_column, rank_order, reference_run, schedule, seed, "
+            "tighten, warmup)",
             "policy.flor",
         ),
         ("[polciy]\nfloor = 0.1", "unknown config key polciy, did you mean 'policy'?", "polciy"),
@@ -140,8 +141,8 @@ def test_missing_config_file(tmp_path: Path) -> None:
         ({"policy.name": "stn"}, 'policy.name: unknown policy "stn", did you mean "stm"?'),
         (
             {"policy.name": "x"},
-            'unknown policy "x" (known: anti-stm, delta-only, dual-stm, floor-only, random, '
-            "selective-repetition, standard, stm)",
+            'unknown policy "x" (known: anti-stm, delta-only, dual-stm, floor-only, infobatch, '
+            "random, selective-repetition, standard, stm)",
         ),
         ({"policy.delta": -0.1}, "config key policy.delta: must be non-negative"),
         (
