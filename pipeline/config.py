@@ -98,6 +98,13 @@ class PolicyConfig:
     `infobatch` lets a below-mean-loss sample sit the next epoch out with probability
     `prune_ratio` and rescales the other below-mean ones, drawing from `seed`; the last
     `anneal_epochs` epochs of a round train on the whole pool unweighted.
+
+    The `noise_*` keys apply to every policy (docs/label-noise.md): a sample is *likely
+    mislabeled* once more than `noise_warmup` passes of its round scored it, its loss
+    never came below `noise_high_loss` (ln 2: the model never gave its label even odds)
+    and it is not falling. Each step records their share of the surviving pool and warns
+    when it grew more than `noise_growth` times within the round; with `noise_guard` they
+    are quarantined (reason `suspect-label`) whatever the policy decides.
     """
 
     name: str = "stm"
@@ -115,6 +122,10 @@ class PolicyConfig:
     rank_order: Literal["low_first", "high_first"] | None = None
     prune_ratio: float = 0.5
     anneal_epochs: int = 1
+    noise_guard: bool = False
+    noise_high_loss: float = 0.693
+    noise_warmup: int = 2
+    noise_growth: float = 2.0
 
     def floor_for_round(self, round_index: int) -> float:
         return self.floor * self.tighten**round_index
@@ -135,6 +146,10 @@ POLICY_KEYS_ADDED_LATER = (
     "schedule",
     "prune_ratio",
     "anneal_epochs",
+    "noise_guard",
+    "noise_high_loss",
+    "noise_warmup",
+    "noise_growth",
 )
 
 
@@ -315,6 +330,14 @@ class RunConfig:
                 "must be in [0, 1): kept samples weigh 1 / (1 - prune_ratio)",
             )
         yield from _at_least(0, **{"policy.anneal_epochs": policy.anneal_epochs})
+        if not policy.noise_high_loss > 0:
+            yield "policy.noise_high_loss", "must be positive"
+        yield from _at_least(1, **{"policy.noise_warmup": policy.noise_warmup})
+        if not policy.noise_growth > 1:
+            yield (
+                "policy.noise_growth",
+                "must be greater than 1: a share that did not grow is no warning",
+            )
 
     def _trainer_problems(self) -> Iterator[tuple[str, str]]:
         trainer = self.trainer

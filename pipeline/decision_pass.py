@@ -21,6 +21,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.label_noise import SUSPECT_LABEL, NoiseEstimate
 from pipeline.manifest import PoolHasher, WeightsHasher
 
 # Rows per slice: large enough that the per-slice overhead is small, small enough that a
@@ -28,7 +29,19 @@ from pipeline.manifest import PoolHasher, WeightsHasher
 PASS_ROWS = 1 << 20
 
 # The decisions file's columns, in order; a soft policy's decisions end with `weight`.
-DECISION_COLUMNS = ("sample_id", "group", "keep", "reason", "loss", "loss_prev", "delta")
+# `likely_mislabeled` is the label-noise criterion (`pipeline.label_noise`): null before
+# the round's warm-up ends, so the pass can tell judged samples from the others.
+SUSPECT = "likely_mislabeled"
+DECISION_COLUMNS = (
+    "sample_id",
+    "group",
+    "keep",
+    "reason",
+    "loss",
+    "loss_prev",
+    "delta",
+    SUSPECT,
+)
 WEIGHT = "weight"
 
 
@@ -47,6 +60,7 @@ class PassResult:
     dropped: dict[tuple[str, str], int]
     weights_sha256: str | None = None  # a soft policy's weights (`WeightsHasher`)
     weighted: int = 0  # pool samples with a weight above 0: the next epoch's training set
+    noise: NoiseEstimate = NoiseEstimate(0, 0, 0, 0, 0, 0)
 
 
 def row_count(path: Path) -> int:
@@ -82,6 +96,8 @@ def decision_pass(
         raise Misaligned
     parent_schema = pl.scan_parquet(parent_pool).select("sample_id", "group").collect_schema()
     decided_schema = pl.scan_parquet(decisions).collect_schema()
+    judged = SUSPECT in decided_schema  # else decided without the criterion: all null
+    decided_schema = pl.Schema({SUSPECT: pl.Boolean}) | decided_schema
     names = [*DECISION_COLUMNS, *([WEIGHT] if WEIGHT in decided_schema else [])]
     if WEIGHT in names and weights_out is None:
         raise ValueError("decisions with weights need a weights_out file")
@@ -90,7 +106,8 @@ def decision_pass(
     kept: Counter[tuple[str, str]] = Counter()
     dropped: Counter[tuple[str, str]] = Counter()
     weighted = 0
-    columns = [name for name in names if name != "group"]
+    noise = NoiseEstimate(0, 0, 0, 0, 0, 0)
+    columns = [name for name in names if name != "group" and (judged or name != SUSPECT)]
     weights_schema = pl.Schema({"sample_id": pl.String, WEIGHT: pl.Float64})
     with ExitStack() as files:
         out = files.enter_context(
@@ -110,6 +127,8 @@ def decision_pass(
             ids, parent_ids = frame.get_column("sample_id"), parent.get_column("sample_id")
             if not ids.eq_missing(parent_ids).all():  # a null id must not pass as aligned
                 raise Misaligned
+            if not judged:
+                frame = frame.with_columns(pl.lit(None, pl.Boolean).alias(SUSPECT))
             frame = frame.with_columns(parent.get_column("group")).select(names)
             out.write_table(frame.to_arrow())
             survivors = frame.filter(pl.col("keep"))
@@ -125,6 +144,7 @@ def decision_pass(
                 frame.group_by("keep", "reason", "group").len().iter_rows()
             ):
                 (kept if keep else dropped)[(reason, group)] += count
+            noise += NoiseEstimate.from_counts(frame.select(_NOISE_COUNTS).row(0, named=True))
     return PassResult(
         scored=scored,
         pool_sha256=hasher.hexdigest(),
@@ -133,4 +153,16 @@ def decision_pass(
         dropped=dict(dropped),
         weights_sha256=weights_hasher.hexdigest() if WEIGHT in names else None,
         weighted=weighted,
+        noise=noise,
     )
+
+
+# A slice's `NoiseEstimate` from its decisions (the criterion already evaluated).
+_NOISE_COUNTS = [
+    pl.len().alias("scored"),
+    pl.col(SUSPECT).is_not_null().sum().alias("judged"),
+    pl.col(SUSPECT).fill_null(False).sum().alias("suspects"),
+    (pl.col(SUSPECT).fill_null(False) & pl.col("keep")).sum().alias("suspects_in_pool"),
+    pl.col("keep").sum().alias("pool"),
+    (pl.col("reason") == SUSPECT_LABEL).sum().alias("quarantined"),
+]

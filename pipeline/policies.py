@@ -414,7 +414,13 @@ def policy_parameters(name: str, config: PolicyConfig, round_index: int) -> dict
         if key in OPTIONAL_PARAMS and value == getattr(defaults, key):
             continue
         out[key] = list(value) if isinstance(value, tuple) else value
+    if config.noise_guard:  # the guard changes decisions; the estimate alone does not
+        out |= {key: getattr(config, key) for key in NOISE_GUARD_PARAMS}
     return out
+
+
+# The noise keys that change decisions, recorded for every policy when the guard is on.
+NOISE_GUARD_PARAMS = ("noise_guard", "noise_high_loss", "noise_warmup")
 
 
 # Keys recorded only when set away from their default (see policy_parameters).

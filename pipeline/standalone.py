@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from pipeline.catalog import Catalog
 from pipeline.config import DataConfig, PolicyConfig, RunConfig
-from pipeline.deltas import SCORE_SCHEMA
+from pipeline.deltas import SCORE_SCHEMA, with_running_diagnostics
 from pipeline.errors import DatasetError, ManifestIntegrityError
 from pipeline.ingest import dataset_fingerprint, load_samples
 from pipeline.pruning import StepInputs, record_pruning, reset_pool, write_scores
@@ -75,6 +75,7 @@ def _conform(frame: pl.DataFrame, round_index: int, epoch: int, path: Path) -> p
         )
     if "n_tokens" not in frame.columns:
         frame = frame.with_columns(n_tokens=pl.lit(1, pl.Int64))
+    frame = with_running_diagnostics(frame.lazy(), str(path)).collect()
     return frame.with_columns(
         round=pl.lit(round_index, pl.Int32), epoch=pl.lit(epoch, pl.Int32)
     ).select([pl.col(name).cast(dtype) for name, dtype in SCORE_SCHEMA.items()])

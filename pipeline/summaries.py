@@ -60,7 +60,30 @@ def step_markdown(record: dict[str, Any], manifest_path: Path) -> str:
         f"- tokens scored: {tokens['scored']:,} ({tokens.get('scored_step', 0):,} this step)",
         f"- manifest `{record['id'][:12]}`: `{manifest_path}`",
     ]
+    lines[2:2] = noise_markdown(record)
     return "\n".join(lines)
+
+
+def noise_line(noise: dict[str, Any]) -> str:
+    """The label-noise estimate of a step in words (`pipeline.label_noise`)."""
+    if noise["share"] is None:
+        return "likely mislabeled: not judged yet (warm-up)"
+    quarantined = f", {noise['quarantined']:,} quarantined" if noise["guard"] else ""
+    growth = "" if noise["growth"] is None else f", {noise['growth']:.1f}x the round's start"
+    return (
+        f"likely mislabeled: {noise['pool_suspects']:,} in the pool ({noise['share']:.1%}"
+        f"{growth}){quarantined}"
+    )
+
+
+def noise_markdown(record: dict[str, Any]) -> list[str]:
+    """The step's noise warning first, where a reader of the UI sees it, and its estimate
+    as a bullet; nothing for a record without one (a reset, or an older run)."""
+    noise = record.get("noise")
+    if not noise:
+        return []
+    warning = [f"> **Warning:** {noise['warning']}", ""] if noise["warning"] else []
+    return [*warning, f"- {noise_line(noise)}"]
 
 
 def run_markdown(manifests: list[dict[str, Any]], run_dir: Path) -> str:
@@ -77,6 +100,9 @@ def run_markdown(manifests: list[dict[str, Any]], run_dir: Path) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
+    warnings = [r["noise"]["warning"] for r in manifests if (r.get("noise") or {}).get("warning")]
+    if warnings:
+        lines[2:2] = [f"> **Warning:** {warning}" for warning in warnings] + [""]
     for record in manifests:
         step = record.get("step") or {}
         by_group = record["pool"]["by_group"]

@@ -93,6 +93,11 @@ def test_scores_files_carry_the_delta_columns(tiny_run) -> None:
         "delta",
         "rel_delta",
         "n_tokens",
+        "passes",
+        "mean_loss",
+        "min_loss",
+        "wander",
+        "calm",
     ]
     assert first["loss_prev"].null_count() == first.height  # round baseline
     joined = second.join(first.select("sample_id", pl.col("loss").alias("l1")), on="sample_id")

@@ -57,6 +57,11 @@ def test_score_then_prune_into_a_new_run_then_follow_up(files: dict[str, Path]) 
         "delta",
         "rel_delta",
         "n_tokens",
+        "passes",
+        "mean_loss",
+        "min_loss",
+        "wander",
+        "calm",
     ]
     assert frame["loss"].to_list() == [0.0, 1.5, 2.0, 3.5, 4.0, 5.5]
 
