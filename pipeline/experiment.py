@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline import experiment_results
 from pipeline.config import (
     PolicyConfig,
     RunConfig,
@@ -29,10 +30,17 @@ from pipeline.config import (
     load_config,
 )
 from pipeline.errors import ConfigError
+from pipeline.experiment_results import FLIPPED, OVERALL, label_noise
+from pipeline.label_noise import SUSPECT_LABEL
 from pipeline.pruning import run_manifests
 from pipeline.store import RunLayout, write_bytes_atomic, write_parquet_atomic, write_text_atomic
 
-GRID_KEYS = ("base", "config", "seeds", "baseline", "policies", "grid")
+GRID_KEYS = ("base", "data", "config", "seeds", "baseline", "policies", "grid")
+# Keys of the grid's [data] table that name files: relative to the grid file, as `base`.
+DATA_PATH_KEYS = ("data.path", "data.eval_path")
+# What an external trainer reports in metrics.json as held-out accuracy: over all its
+# samples, and `held_out_accuracy.<group>` per group (examples/digits/train.py --eval).
+TRAINER_HELD_OUT = "held_out_accuracy"
 # A policy entry: its label, its registered name, a table of run-config overrides
 # (`rounds` for Recursive STM), and any PolicyConfig key.
 POLICY_ENTRY_KEYS = ("label", "config", *(f.name for f in fields(PolicyConfig)))
@@ -101,6 +109,18 @@ def _as_config_overrides(path: Path, where: str, values: dict[str, Any]) -> dict
     nested tables with `from_dict`), so a misspelt key fails before anything runs."""
     flat = _flatten(values)
     _refuse_unknown(path, flat, config_keys(), where, "config key")
+    return flat
+
+
+def _data_overrides(path: Path, table: Any) -> dict[str, Any]:
+    """The grid's [data] table (the keys of a config's [data]) as `data.*` overrides, its
+    file paths relative to the grid file, so a grid names its dataset wherever it runs."""
+    if not isinstance(table, dict):
+        raise _fail(path, "data: expected a table [data]", key="data")
+    flat = _as_config_overrides(path, "", {"data": table})
+    for key in DATA_PATH_KEYS:
+        if isinstance(flat.get(key), str):
+            flat[key] = str(Path(path).parent.resolve() / flat[key])
     return flat
 
 
@@ -179,7 +199,12 @@ def load_experiment(path: Path, out: Path) -> Experiment:
         if not base_path.is_file():
             raise _fail(path, f"base config {base_path} not found", key="base")
         base = load_config(base_path)
+    data = _data_overrides(path, values.get("data", {}))
     shared = _as_config_overrides(path, "config.", values.get("config", {}))
+    both = sorted(data.keys() & shared.keys())
+    if both:
+        raise _fail(path, f"{both[0]} is set in both [data] and [config]; keep one", key=both[0])
+    shared.update(data)
     seeds = values.get("seeds", [base.seed])
     if not isinstance(seeds, list) or not seeds or not all(type(s) is int for s in seeds):
         raise _fail(path, "seeds: expected a non-empty array of integers", key="seeds")
@@ -321,18 +346,34 @@ def _drain(queue: Any) -> Iterator[Event]:
             return
 
 
+def held_out_accuracy(metrics: dict[str, Any]) -> dict[str, float]:
+    """A manifest's held-out accuracy per group (`_overall` for all groups): the built-in
+    evaluation's `metrics.accuracy`, or else what an external trainer reported in its
+    metrics.json as `held_out_accuracy` and `held_out_accuracy.<group>`."""
+    if metrics.get("accuracy"):
+        return {group: float(a) for group, a in metrics["accuracy"].items()}
+    reported = metrics.get("trainer") or {}
+    accuracy = {}
+    for key, value in reported.items():
+        if key == TRAINER_HELD_OUT:
+            accuracy[OVERALL] = float(value)
+        elif key.startswith(f"{TRAINER_HELD_OUT}."):
+            accuracy[key.removeprefix(f"{TRAINER_HELD_OUT}.")] = float(value)
+    return accuracy
+
+
 def results_frame(cells: list[Cell]) -> pl.DataFrame:
     """One row per training step of every run (reset manifests carry no training): the
     cell, pool sizes, cumulative tokens, the step's recorded seconds and held-out accuracy,
-    groups as `pool_size.<group>` and `accuracy.<group>` columns."""
+    groups as `pool_size.<group>` and `accuracy.<group>` columns. When the runs' datasets
+    mark flipped labels (a boolean `flipped` column), the label-noise columns of
+    `experiment_results.label_noise` too."""
     rows = []
+    noise_inputs = []
     for cell in cells:
         layout = RunLayout(Path(cell.config.store), cell.run_id)
-        step = 0
-        for record in run_manifests(layout):
-            if record["kind"] != "prune":
-                continue
-            step += 1
+        steps = [r for r in run_manifests(layout) if r["kind"] == "prune"]
+        for step, record in enumerate(steps, start=1):
             metrics = record["metrics"]
             seconds = metrics.get("seconds", {})
             rows.append(
@@ -353,18 +394,43 @@ def results_frame(cells: list[Cell]) -> pl.DataFrame:
                     "tokens_scored_step": record["tokens"]["scored_step"],
                     "train_seconds": float(seconds.get("train", 0.0)),
                     "score_seconds": float(seconds.get("score", 0.0)),
-                    **{f"accuracy.{g}": float(a) for g, a in metrics.get("accuracy", {}).items()},
+                    **{f"accuracy.{g}": a for g, a in held_out_accuracy(metrics).items()},
                     **{
                         f"accuracy_seen.{g}": float(a)
                         for g, a in metrics.get("accuracy_seen", {}).items()
                     },
                 }
             )
+        if steps and FLIPPED in pl.scan_parquet(layout.samples).collect_schema():
+            noise_inputs.append(label_noise_inputs(layout, steps))
     # Every row's keys: a group first seen after row 100 would otherwise be dropped.
     frame = pl.DataFrame(rows, infer_schema_length=None)
     # A group absent from a pool after it was emptied has no key: its size is 0 there.
     pool_columns = [c for c in frame.columns if c.startswith("pool_size.")]
-    return frame.with_columns(pl.col(pool_columns).fill_null(0))
+    frame = frame.with_columns(pl.col(pool_columns).fill_null(0))
+    if not noise_inputs:
+        return frame
+    truth, pools, quarantined = (pl.concat(parts) for parts in zip(*noise_inputs, strict=True))
+    return label_noise(frame.lazy(), pools, quarantined, truth).collect()
+
+
+def label_noise_inputs(
+    layout: RunLayout, steps: list[dict[str, Any]]
+) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
+    """The ground truth of one run (`sample_id`, `flipped` of its sample table), its pool
+    after each step and the samples each step quarantined as `suspect-label`, keyed by
+    `run_id` and `step`, as `experiment_results.label_noise` takes them."""
+    run = pl.lit(layout.run_id).alias("run_id")
+    truth = pl.scan_parquet(layout.samples).select(run, "sample_id", FLIPPED)
+    pools, quarantined = [], []
+    for step, record in enumerate(steps, start=1):
+        keys = (run, pl.lit(step, dtype=pl.Int64).alias("step"))
+        pool = pl.scan_parquet(layout.resolve(record["pool"]["path"]))
+        pools.append(pool.select(*keys, "sample_id"))
+        decisions = pl.scan_parquet(layout.resolve(record["step"]["decisions"]["path"]))
+        suspects = decisions.filter(pl.col("reason") == SUSPECT_LABEL)
+        quarantined.append(suspects.select(*keys, "sample_id"))
+    return truth, pl.concat(pools), pl.concat(quarantined)
 
 
 @dataclass(frozen=True)
@@ -372,13 +438,14 @@ class ExperimentOutputs:
     files: dict[str, Path]
     scoring_cost: dict[str, Any]
     summary: pl.DataFrame
+    noise_by_step: pl.DataFrame | None  # with label noise: the pool's noisy share per step
 
 
 def write_outputs(experiment: Experiment, out: Path) -> ExperimentOutputs:
     """results.parquet, summary.md and the PNGs into the experiment directory, from the
     manifests of its runs (so they can be rebuilt from the store at any time)."""
     # Imported here: matplotlib is only needed once the runs are done.
-    from pipeline import experiment_plots, experiment_results
+    from pipeline import experiment_plots
 
     raw = results_frame(experiment.cells)
     cost = experiment_results.experiment_scoring_cost(
@@ -388,17 +455,22 @@ def write_outputs(experiment: Experiment, out: Path) -> ExperimentOutputs:
         raw.lazy(), cost["ratio"], experiment.baseline
     ).collect()
     summary = experiment_results.policy_summary(results.lazy(), experiment.baseline)
+    noise_by_step = experiment_results.noisy_share_by_step(results.lazy())
     files = {
         "results": out / "results.parquet",
         "summary": out / "summary.md",
         "accuracy_plot": out / "accuracy_vs_compute.png",
         "pool_plot": out / "pool_per_group.png",
     }
+    if noise_by_step is not None:
+        files["noise_plot"] = out / "noisy_share.png"
     write_parquet_atomic(results.to_arrow(), files["results"])
     markdown = experiment_results.summary_markdown(
-        summary, experiment.baseline, cost, experiment.path.stem
+        summary, experiment.baseline, cost, experiment.path.stem, noise_by_step
     )
     write_text_atomic(files["summary"], markdown)
     write_bytes_atomic(files["accuracy_plot"], experiment_plots.accuracy_plot(results))
     write_bytes_atomic(files["pool_plot"], experiment_plots.pool_plot(results))
-    return ExperimentOutputs(files, cost, summary)
+    if noise_by_step is not None:
+        write_bytes_atomic(files["noise_plot"], experiment_plots.noisy_share_plot(results))
+    return ExperimentOutputs(files, cost, summary, noise_by_step)

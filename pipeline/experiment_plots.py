@@ -1,6 +1,7 @@
 """The figures of an experiment, drawn with matplotlib's Agg canvas from the results frame
-(with compute columns): held-out accuracy against compute per group, and the pool per
-group after every epoch. Each returns PNG bytes; one line per run, a colour per policy."""
+(with compute columns): held-out accuracy against compute per group, the pool per group
+after every epoch and, with label noise, the pool's share of flipped labels. Each returns
+PNG bytes; one line per run, a colour per policy."""
 
 from __future__ import annotations
 
@@ -92,5 +93,28 @@ def pool_plot(results: pl.DataFrame) -> bytes:
         ax.set_title(f"pool {group.removeprefix('pool_size.')}", loc="left")
         ax.set_xlabel("epoch (counted across rounds)")
         ax.set_ylabel("samples")
+    _legend(figure, colors)
+    return _png(figure)
+
+
+def noisy_share_plot(results: pl.DataFrame) -> bytes:
+    """The share of flipped labels in the pool after each epoch (`noisy_share`)."""
+    colors = _colors(results)
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(5, 3.4), layout="constrained")
+        ax = figure.subplots()
+    for policy, frame in _run_lines(results):
+        ax.plot(
+            frame.get_column("step"),
+            frame.get_column("noisy_share"),
+            color=colors[policy],
+            marker=".",
+            linewidth=1,
+            alpha=0.8,
+        )
+    ax.set_title("flipped labels in the pool", loc="left")
+    ax.set_xlabel("epoch (counted across rounds)")
+    ax.set_ylabel("share of the pool")
+    ax.set_ylim(bottom=0)
     _legend(figure, colors)
     return _png(figure)

@@ -1,6 +1,7 @@
 """The analysis of an experiment, pure Polars on the frame of `experiment.results_frame`:
 the measured cost of scoring, compute counted two ways, each policy against the baseline
-stopped at equal compute, and means with 95% t-intervals over seeds."""
+stopped at equal compute, means with 95% t-intervals over seeds, and on a dataset with
+flipped labels, the noisy share of the pool and how well the noise guard finds them."""
 
 from __future__ import annotations
 
@@ -8,10 +9,18 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.label_noise import SUSPECT_LABEL
+
 RUN_KEYS = ["policy", "params", "seed"]
 # The accuracy over every group, as models.evaluate names it.
 OVERALL = "_overall"
 MEASURES = {"compute_train": "training only", "compute_total": "training + scoring"}
+# Label noise: the boolean sample column that marks the labels flipped on purpose
+# (examples/digits/make_dataset.py --flip), the truth the guard's `suspect-label`
+# quarantine is measured against.
+FLIPPED = "flipped"
+# Per step, from `label_noise`; the last three are cumulative over the run.
+NOISE_COLUMNS = ("noisy_share", "quarantined", "suspect_precision", "suspect_recall")
 
 # Two-sided 95% quantiles of Student's t, t_{0.975}(df), df = 1..30 (standard tables);
 # beyond 30 the value for 30 (2.042) is used, at most 4% wider than the exact one.
@@ -71,6 +80,63 @@ def with_compute(results: pl.LazyFrame, ratio: float, baseline: str) -> pl.LazyF
     return results.with_columns(
         compute_train=pl.col("tokens_trained").cast(pl.Float64),
         compute_total=pl.col("tokens_trained") + scoring * pl.col("tokens_scored"),
+    )
+
+
+def label_noise(
+    results: pl.LazyFrame,
+    pools: pl.LazyFrame,
+    quarantined: pl.LazyFrame,
+    truth: pl.LazyFrame,
+) -> pl.LazyFrame:
+    """`results` (run_id, step, pool_size, ...) with, per step: `flipped_in_pool` and
+    `noisy_share` (of the pool after the step), and the `suspect-label` quarantine so far
+    against the flipped labels: `quarantined` samples, `quarantined_flipped`,
+    `suspect_precision` (flipped among the quarantined; null before any quarantine) and
+    `suspect_recall` (quarantined among the run's flipped; null when none is flipped).
+    `pools` and `quarantined` are (run_id, step, sample_id) rows, `truth` (run_id,
+    sample_id, flipped). A sample quarantined again in a later round counts once. A run
+    without truth (its dataset marks no flipped labels) gets nulls."""
+    keys = ["run_id", "sample_id"]
+    steps = ["run_id", "step"]
+    flipped = pl.col(FLIPPED).fill_null(False)
+    in_pool = (
+        pools.join(truth, on=keys, how="left")
+        .group_by(steps)
+        .agg(flipped_in_pool=flipped.sum().cast(pl.Int64))
+    )
+    first = quarantined.group_by(keys).agg(pl.col("step").min())
+    new = (
+        first.join(truth, on=keys, how="left")
+        .group_by(steps)
+        .agg(new=pl.len().cast(pl.Int64), new_flipped=flipped.sum().cast(pl.Int64))
+    )
+    totals = truth.group_by("run_id").agg(flipped_total=flipped.sum().cast(pl.Int64))
+    known = pl.col("flipped_total").is_not_null()
+    return (
+        results.join(in_pool, on=steps, how="left", maintain_order="left")
+        .join(new, on=steps, how="left", maintain_order="left")
+        .join(totals, on="run_id", how="left", maintain_order="left")
+        .with_columns(
+            pl.when(known).then(pl.col(c).fill_null(0)).alias(c)
+            for c in ("flipped_in_pool", "new", "new_flipped")
+        )
+        .with_columns(
+            quarantined=pl.col("new").cum_sum().over("run_id", order_by="step"),
+            quarantined_flipped=pl.col("new_flipped").cum_sum().over("run_id", order_by="step"),
+        )
+        .with_columns(
+            noisy_share=pl.when(pl.col("pool_size") > 0).then(
+                pl.col("flipped_in_pool") / pl.col("pool_size")
+            ),
+            suspect_precision=pl.when(pl.col("quarantined") > 0).then(
+                pl.col("quarantined_flipped") / pl.col("quarantined")
+            ),
+            suspect_recall=pl.when(pl.col("flipped_total") > 0).then(
+                pl.col("quarantined_flipped") / pl.col("flipped_total")
+            ),
+        )
+        .drop("new", "new_flipped", "flipped_total")
     )
 
 
@@ -156,12 +222,15 @@ def mean_interval(frame: pl.LazyFrame, by: list[str], columns: list[str]) -> pl.
 def policy_summary(results: pl.LazyFrame, baseline: str) -> pl.DataFrame:
     """One row per (policy, params): final accuracy and pool per group, compute saved both
     ways, and the paired accuracy difference to the baseline at equal compute both ways,
-    each as mean, 95% half-width and number of seeds."""
+    each as mean, 95% half-width and number of seeds; with label noise, the final noisy
+    share and the precision and recall of the `suspect-label` quarantine too."""
     by = ["policy", "params"]
     accuracy = group_columns(results, "accuracy")
     seen = group_columns(results, "accuracy_seen")
     pools = ["pool_size", *group_columns(results, "pool_size")]
-    finals = mean_interval(final_rows(results), by, [*accuracy, *seen, *pools, *MEASURES])
+    names = results.collect_schema().names()
+    noise = [c for c in NOISE_COLUMNS if c in names]
+    finals = mean_interval(final_rows(results), by, [*accuracy, *seen, *pools, *MEASURES, *noise])
     saved = mean_interval(compute_saved(results, baseline), by, [f"saved.{m}" for m in MEASURES])
     summary = finals.join(saved, on=by, how="left")
     for measure in MEASURES:
@@ -173,6 +242,14 @@ def policy_summary(results: pl.LazyFrame, baseline: str) -> pl.DataFrame:
         columns = [*(f"diff@{measure}.{c}" for c in accuracy), f"ratio@{measure}"]
         summary = summary.join(mean_interval(diffs, by, columns), on=by, how="left")
     return summary.sort(by).collect()
+
+
+def noisy_share_by_step(results: pl.LazyFrame) -> pl.DataFrame | None:
+    """Per (policy, params, step): the noisy share of the pool after the step over seeds
+    (`noisy_share.mean`, `.half`, `.n`); None without label noise in the results."""
+    if "noisy_share" not in results.collect_schema().names():
+        return None
+    return mean_interval(results, ["policy", "params", "step"], ["noisy_share"]).collect()
 
 
 def _cell(row: dict[str, Any], column: str, digits: int = 3, percent: bool = False) -> str:
@@ -198,7 +275,13 @@ def _shown(group: str) -> str:
     return "all groups" if group == OVERALL else group
 
 
-def summary_markdown(summary: pl.DataFrame, baseline: str, cost: dict[str, Any], title: str) -> str:
+def summary_markdown(
+    summary: pl.DataFrame,
+    baseline: str,
+    cost: dict[str, Any],
+    title: str,
+    noise_by_step: pl.DataFrame | None = None,
+) -> str:
     groups = _summary_groups(summary, "accuracy")
     pools = _summary_groups(summary, "pool_size")
     lines = [
@@ -277,4 +360,49 @@ def summary_markdown(summary: pl.DataFrame, baseline: str, cost: dict[str, Any],
             lines.append(
                 f"| {row['policy']} | {row['params'] or '-'} | {name} | {' | '.join(cells)} |"
             )
+    if noise_by_step is not None:
+        lines += _label_noise_markdown(rows, noise_by_step)
     return "\n".join(lines) + "\n"
+
+
+def _label_noise_markdown(rows: list[dict[str, Any]], by_step: pl.DataFrame) -> list[str]:
+    """The noisy share of the pool per epoch, and the `suspect-label` quarantine against
+    the flipped labels at the end of each run."""
+    steps = sorted(by_step.get_column("step").unique().to_list())
+    cells = {(r["policy"], r["params"], r["step"]): r for r in by_step.to_dicts()}
+    lines = [
+        "",
+        "## Label noise: share of flipped labels in the pool after each epoch",
+        "",
+        "Flipped samples over the pool after the epoch's pruning (epochs counted across "
+        "rounds), that is in the pool the next epoch trains on; the first epoch of a round "
+        "trains on the whole dataset.",
+        "",
+        "| policy | params | " + " | ".join(f"epoch {s}" for s in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    for row in rows:
+        shares = [
+            _cell(cells.get((row["policy"], row["params"], s), {}), "noisy_share", 1, True)
+            for s in steps
+        ]
+        lines.append(f"| {row['policy']} | {row['params'] or '-'} | {' | '.join(shares)} |")
+    lines += [
+        "",
+        f"## Label noise: the `{SUSPECT_LABEL}` quarantine against the flipped labels",
+        "",
+        "Per run, every sample quarantined as a suspect label by its end: precision = "
+        "share of flipped labels among them (over the runs that quarantined any; `-`: "
+        "none did), recall = share of all flipped labels among them.",
+        "",
+        "| policy | params | quarantined | precision | recall |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        quality = [
+            _cell(row, "quarantined", 1),
+            _cell(row, "suspect_precision", 1, percent=True),
+            _cell(row, "suspect_recall", 1, percent=True),
+        ]
+        lines.append(f"| {row['policy']} | {row['params'] or '-'} | {' | '.join(quality)} |")
+    return lines

@@ -3,11 +3,13 @@
 imports nothing from stm-curate: the pipeline only sees the files it writes
 (docs/trainer-contract.md).
 
-    python examples/digits/train.py --pool DIR --workdir DIR --scorer PATH --seed N
+    python examples/digits/train.py --pool DIR --workdir DIR --scorer PATH --seed N \
+        [--eval HELD_OUT.parquet]
 
-Each flag defaults to the STM_* variable the pipeline sets. State (model and optimizer)
-stays in the workdir between calls, so every call trains one more epoch, whatever pool
-it is given.
+Each flag defaults to the STM_* variable the pipeline sets (`--eval` to STM_EVAL, which
+the pipeline does not set). State (model and optimizer) stays in the workdir between
+calls, so every call trains one more epoch, whatever pool it is given. A `weight` column
+in the pool weighs each digit's loss; `--eval` measures held-out accuracy after the epoch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
@@ -32,6 +36,7 @@ BATCH_SIZE = 32
 LEARNING_RATE = 1e-2
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.json"
+WEIGHT = "weight"
 
 
 class DigitClassifier(nn.Module):
@@ -65,6 +70,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=env("STM_WORKDIR"), help="State dir.")
     parser.add_argument("--scorer", type=Path, default=env("STM_SCORER"), help="ONNX to write.")
     parser.add_argument("--seed", type=int, default=int(env("STM_SEED", "0")))
+    parser.add_argument(
+        "--eval",
+        type=Path,
+        default=env("STM_EVAL"),
+        help="Held-out Parquet (pixels, label, optional group) to measure accuracy on.",
+    )
     args = parser.parse_args()
     for name in ("pool", "workdir", "scorer"):
         if getattr(args, name) is None:
@@ -72,16 +83,32 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def read_pool(pool: Path) -> tuple[Tensor, Tensor]:
-    """Pixels [n, 64] float32 and labels [n] int64 from every shard of the pool.
+def read_digits(path: Path, optional: tuple[str, ...] = ()) -> pa.Table:
+    """`pixels`, `label` and those of the `optional` columns the file or directory has.
     pyarrow skips the pool's `_manifest.json` and `_SHA256SUMS` (leading underscore)."""
-    table = pq.read_table(pool, columns=["pixels", "label"])
+    names = ds.dataset(path, format="parquet").schema.names
+    return pq.read_table(path, columns=["pixels", "label", *(c for c in optional if c in names)])
+
+
+def pixels_and_labels(table: pa.Table, source: Path) -> tuple[Tensor, Tensor]:
+    """Pixels [n, 64] float32 and labels [n] int64."""
     pixels = table.column("pixels").combine_chunks()
     if table.num_rows and set(pixels.value_lengths().to_pylist()) != {PIXELS}:
-        raise SystemExit(f"{pool}: every 'pixels' list must hold {PIXELS} values")
+        raise SystemExit(f"{source}: every 'pixels' list must hold {PIXELS} values")
     values = pixels.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     labels = table.column("label").to_numpy().astype(np.int64)
     return torch.from_numpy(values.reshape(-1, PIXELS)), torch.from_numpy(labels)
+
+
+def read_pool(pool: Path) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Pixels, labels and, when the pool has a `weight` column, each digit's weight
+    [n] float32 in the training loss (None: every digit weighs 1)."""
+    table = read_digits(pool, optional=(WEIGHT,))
+    pixels, labels = pixels_and_labels(table, pool)
+    if WEIGHT not in table.column_names:
+        return pixels, labels, None
+    weights = table.column(WEIGHT).to_numpy().astype(np.float32)
+    return pixels, labels, torch.from_numpy(weights)
 
 
 def load_state(workdir: Path, seed: int) -> tuple[DigitClassifier, torch.optim.Optimizer, int]:
@@ -103,6 +130,7 @@ def train_epoch(
     pixels: Tensor,
     labels: Tensor,
     shuffle_seed: int,
+    weights: Tensor | None = None,
 ) -> float:
     """One shuffled pass; the mean per-sample loss seen before each batch's update."""
     scorer = PerSampleLoss(model).train()
@@ -111,16 +139,36 @@ def train_epoch(
     for rows in order.split(BATCH_SIZE):
         losses = scorer(pixels[rows], labels[rows])
         optimizer.zero_grad(set_to_none=True)
-        losses.mean().backward()
+        batch_loss(losses, None if weights is None else weights[rows]).backward()
         optimizer.step()
         loss_sum += losses.detach().sum().item()
     return loss_sum / max(len(labels), 1)
+
+
+def batch_loss(losses: Tensor, weights: Tensor | None) -> Tensor:
+    """The batch's training loss: the mean of the per-sample losses, each times its weight
+    when the pool has weights (a digit weighted 0 sits the epoch out)."""
+    return losses.mean() if weights is None else (weights * losses).mean()
 
 
 def accuracy(model: DigitClassifier, pixels: Tensor, labels: Tensor) -> float:
     with torch.no_grad():
         predicted = model.eval()(pixels).argmax(dim=-1)
     return float((predicted == labels).float().mean()) if len(labels) else 0.0
+
+
+def held_out_metrics(model: DigitClassifier, path: Path) -> dict[str, float]:
+    """`held_out_accuracy` on the file's digits and, when it has a `group` column,
+    `held_out_accuracy.<group>` per group (metrics.json must stay a flat object)."""
+    table = read_digits(path, optional=("group",))
+    pixels, labels = pixels_and_labels(table, path)
+    metrics = {"held_out_accuracy": accuracy(model, pixels, labels)}
+    if "group" in table.column_names:
+        groups = np.asarray(table.column("group").to_pylist())
+        for group in sorted(set(groups)):
+            rows = torch.from_numpy(np.flatnonzero(groups == group))
+            metrics[f"held_out_accuracy.{group}"] = accuracy(model, pixels[rows], labels[rows])
+    return metrics
 
 
 def export_scorer(model: DigitClassifier, path: Path) -> None:
@@ -161,9 +209,11 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)  # a model this small trains fastest on one thread
     args.workdir.mkdir(parents=True, exist_ok=True)
-    pixels, labels = read_pool(args.pool)
+    pixels, labels, weights = read_pool(args.pool)
     model, optimizer, epochs = load_state(args.workdir, args.seed)
-    train_loss = train_epoch(model, optimizer, pixels, labels, shuffle_seed=args.seed + epochs)
+    train_loss = train_epoch(
+        model, optimizer, pixels, labels, shuffle_seed=args.seed + epochs, weights=weights
+    )
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epochs": epochs + 1}
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -173,6 +223,7 @@ def main() -> None:
         "train_accuracy": accuracy(model, pixels, labels),
         "train_loss": train_loss,
         "epochs": epochs + 1,
+        **(held_out_metrics(model, args.eval) if args.eval is not None else {}),
     }
     write_atomic(args.workdir / METRICS_FILE, json.dumps(metrics, indent=2).encode())
     print(f"epoch {epochs + 1}: {len(labels)} digits, {json.dumps(metrics)}")

@@ -99,6 +99,11 @@ def experiment(grid: Path, out: Path | None, jobs: int, as_json: bool) -> None:
                         for cell in plan.cells
                     ],
                     "summary": outputs.summary.to_dicts(),
+                    **(
+                        {"noisy_share_by_step": outputs.noise_by_step.to_dicts()}
+                        if outputs.noise_by_step is not None
+                        else {}
+                    ),
                 },
                 indent=2,
             )

@@ -74,6 +74,7 @@ def test_a_huge_row_is_named_not_trained_on(tmp_path: Path) -> None:
             [
                 "unknown config key policy.flor, did you mean 'floor'? "
                 "(known in [policy]: anneal_epochs, ceiling, delta, delta_mode, floor, name, "
+                "noise_growth, noise_guard, noise_high_loss, noise_warmup, "
                 "patience, prune_ratio, rank_column, rank_order, reference_run, schedule, "
                 "seed, tighten, warmup)"
             ],

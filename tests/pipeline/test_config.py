@@ -52,6 +52,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path: Path) -> None:
             "[policy]\nflor = 0.1",
             "unknown config key policy.flor, did you mean 'floor'? "
             "(known in [policy]: anneal_epochs, ceiling, delta, delta_mode, floor, name, "
+            "noise_growth, noise_guard, noise_high_loss, noise_warmup, "
             "patience, prune_ratio, rank_column, rank_order, reference_run, schedule, seed, "
             "tighten, warmup)",
             "policy.flor",

@@ -1,9 +1,11 @@
-"""`stm experiment`: grid expansion, the equal-compute analysis on hand-built frames,
-paired seeds, and the harness end to end on a tiny grid (2 policies x 2 seeds)."""
+"""`stm experiment`: grid expansion, the equal-compute analysis and the label-noise
+measures on hand-built frames, paired seeds, and the harness end to end on a tiny grid
+(2 policies x 2 seeds)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,22 @@ from click.testing import CliRunner, Result
 from pipeline import experiment as experiment_module
 from pipeline.cli import cli
 from pipeline.errors import ConfigError
-from pipeline.experiment import load_experiment, run_cells
+from pipeline.experiment import (
+    held_out_accuracy,
+    label_noise_inputs,
+    load_experiment,
+    run_cells,
+)
 from pipeline.experiment_results import (
     equal_compute,
+    label_noise,
     mean_interval,
+    noisy_share_by_step,
     policy_summary,
     scoring_cost,
+    summary_markdown,
 )
+from pipeline.store import RunLayout
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_GRID = REPO / "configs" / "experiments" / "tiny.toml"
@@ -93,6 +104,67 @@ def test_a_bad_grid_names_what_is_wrong(tmp_path, text: str, message: str) -> No
     with pytest.raises(ConfigError) as caught:
         load_experiment(write_grid(tmp_path, text), tmp_path / "out")
     assert message in str(caught.value)
+
+
+def test_nested_config_tables_override_per_policy_and_in_the_grid(tmp_path) -> None:
+    grid = write_grid(
+        tmp_path,
+        """
+[[policies]]
+name = "standard"
+[[policies]]
+label = "stm-small-batches"
+name = "stm"
+config = { scoring = { batch_size = 7 } }
+[grid]
+"scoring.threads" = [1, 2]
+""",
+    )
+    cells = load_experiment(grid, tmp_path / "out").cells
+    scoring = {c.run_id: (c.config.scoring.batch_size, c.config.scoring.threads) for c in cells}
+    assert scoring["standard__scoring.threads-2__s0"] == (32, 2)  # configs/tiny.toml's
+    assert scoring["stm-small-batches__scoring.threads-1__s0"] == (7, 1)
+
+
+DATA_GRID = """
+[data]
+path = "{path}"
+id_column = "id"
+group_column = "source"
+[config]
+trainer.command = "python train.py --pool {{pool}}"
+[[policies]]
+name = "standard"
+"""
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_the_grid_names_its_dataset_relative_to_the_grid_file(tmp_path, absolute: bool) -> None:
+    data = tmp_path / "data" / "noisy.parquet"
+    grid = write_grid(tmp_path, DATA_GRID.format(path=data if absolute else "data/noisy.parquet"))
+    config = load_experiment(grid, tmp_path / "out").cells[0].config
+    assert (config.data.path, config.data.id_column, config.data.group_column) == (
+        str(data),
+        "id",
+        "source",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[data]\npth = 'x'\n", "unknown config key data.pth, did you mean 'data.path'?"),
+        ("data = 'x.parquet'\n", "data: expected a table [data]"),
+        (
+            "[data]\npath = 'x'\n[config]\ndata.path = 'y'\n",
+            "data.path is set in both [data] and [config]; keep one",
+        ),
+    ],
+)
+def test_a_bad_data_table_names_what_is_wrong(tmp_path, text: str, message: str) -> None:
+    grid = write_grid(tmp_path, f'{text}[[policies]]\nname = "standard"\n')
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_experiment(grid, tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -175,6 +247,156 @@ def test_paired_differences_over_seeds_in_the_summary() -> None:
     assert summary["diff@compute_total.accuracy.hard.half"] == pytest.approx(12.706 * 0.1)
     # saved: 1 - 250 / 300 for both seeds
     assert summary["saved.compute_train.mean"] == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        ({"accuracy": {"hard": 0.5, "_overall": 0.6}}, {"hard": 0.5, "_overall": 0.6}),
+        (
+            {"trainer": {"held_out_accuracy": 0.9, "held_out_accuracy.digit-3": 1, "epochs": 2}},
+            {"_overall": 0.9, "digit-3": 1.0},
+        ),
+        (
+            {"accuracy": {"hard": 0.5}, "trainer": {"held_out_accuracy": 0.9}},
+            {"hard": 0.5},  # the pipeline's own evaluation wins
+        ),
+        ({"accuracy": {}, "trainer": {"train_accuracy": 0.9}}, {}),
+        ({"train_loss": None}, {}),
+    ],
+)
+def test_held_out_accuracy_comes_from_the_pipeline_or_else_the_trainer(
+    metrics: dict[str, Any], expected: dict[str, float]
+) -> None:
+    assert held_out_accuracy(metrics) == expected
+
+
+def id_rows(run: str, rows: dict[int, list[str]]) -> pl.LazyFrame:
+    """(run_id, step, sample_id) rows from {step: [ids]}."""
+    return pl.LazyFrame(
+        [{"run_id": run, "step": step, "sample_id": i} for step, ids in rows.items() for i in ids],
+        schema={"run_id": pl.String, "step": pl.Int64, "sample_id": pl.String},
+    )
+
+
+def make_truth(run: str, flipped: str) -> pl.LazyFrame:
+    """One sample per character of `flipped`: "f" flipped, "c" clean; ids a, b, c, ..."""
+    return pl.LazyFrame(
+        {
+            "run_id": run,
+            "sample_id": [chr(ord("a") + i) for i in range(len(flipped))],
+            "flipped": [mark == "f" for mark in flipped],
+        }
+    )
+
+
+def test_label_noise_counts_the_noisy_pool_and_the_quarantine_against_the_flips() -> None:
+    # a, b, c flipped; d..h clean. The guard quarantines b and d at step 2, then a and e
+    # at step 3 (a also at step 4 of another round: it counts once).
+    truth = make_truth("guard", "fffccccc")
+    pools = id_rows("guard", {1: list("abcdefgh"), 2: list("acefgh"), 3: list("cfgh"), 4: []})
+    quarantined = id_rows("guard", {2: ["b", "d"], 3: ["a", "e"], 4: ["a"]})
+    results = pl.LazyFrame(
+        {"run_id": "guard", "step": [1, 2, 3, 4], "pool_size": [8, 6, 4, 0], "x": [1, 2, 3, 4]}
+    )
+    out = label_noise(results, pools, quarantined, truth).collect()
+    assert out.get_column("x").to_list() == [1, 2, 3, 4]  # the results' rows, in order
+    assert out.get_column("flipped_in_pool").to_list() == [3, 2, 1, 0]
+    assert out.get_column("noisy_share").to_list() == [3 / 8, 2 / 6, 1 / 4, None]
+    assert out.get_column("quarantined").to_list() == [0, 2, 4, 4]
+    assert out.get_column("quarantined_flipped").to_list() == [0, 1, 2, 2]
+    assert out.get_column("suspect_precision").to_list() == [None, 0.5, 0.5, 0.5]
+    assert out.get_column("suspect_recall").to_list() == [0.0, 1 / 3, 2 / 3, 2 / 3]
+
+
+def test_label_noise_per_run_and_without_flipped_labels_or_truth() -> None:
+    truth = pl.concat([make_truth("noisy", "fc"), make_truth("clean", "cc")])
+    pools = pl.concat([id_rows(run, {1: ["b"]}) for run in ("noisy", "clean", "unknown")])
+    quarantined = pl.concat([id_rows(run, {1: ["a"]}) for run in ("noisy", "clean", "unknown")])
+    results = pl.LazyFrame({"run_id": ["noisy", "clean", "unknown"], "step": 1, "pool_size": 1})
+    out = label_noise(results, pools, quarantined, truth).collect()
+    columns = ["run_id", "noisy_share", "quarantined", "suspect_precision", "suspect_recall"]
+    assert out.select(columns).rows() == [
+        ("noisy", 0.0, 1, 1.0, 1.0),
+        ("clean", 0.0, 1, 0.0, None),  # no flipped label: no recall
+        ("unknown", None, None, None, None),  # its dataset has no `flipped` column
+    ]
+
+
+def test_label_noise_inputs_read_a_runs_truth_pools_and_suspect_label_decisions(
+    tmp_path,
+) -> None:
+    layout = RunLayout(tmp_path, "guard")
+    layout.run_dir.mkdir(parents=True)
+    samples = {"sample_id": ["a", "b", "c"], "label": 3, "flipped": [True, False, False]}
+    pl.DataFrame(samples).write_parquet(layout.samples)
+    pool = tmp_path / "pools" / "p1.parquet"
+    pool.parent.mkdir()
+    pl.DataFrame({"sample_id": ["b", "c"], "group": "all"}).write_parquet(pool)
+    decisions = layout.decisions(0, 1)
+    decisions.parent.mkdir()
+    reasons = ["suspect-label", "kept", "kept"]
+    pl.DataFrame({"sample_id": ["a", "b", "c"], "reason": reasons}).write_parquet(decisions)
+    record = {
+        "pool": {"path": layout.relative(pool)},
+        "step": {"decisions": {"path": layout.relative(decisions)}},
+    }
+    truth, pools, quarantined = label_noise_inputs(layout, [record])
+    assert truth.collect().rows() == [
+        ("guard", "a", True),
+        ("guard", "b", False),
+        ("guard", "c", False),
+    ]
+    assert pools.collect().rows() == [("guard", 1, "b"), ("guard", 1, "c")]
+    assert quarantined.collect().rows() == [("guard", 1, "a")]
+
+
+def noisy_results() -> pl.LazyFrame:
+    """Two policies x 2 seeds x 2 steps with the label-noise columns, compute = 100/step."""
+    rows = []
+    for policy, seed, share, precision in (
+        ("standard", 0, 0.10, None),
+        ("standard", 1, 0.10, None),
+        ("guard", 0, 0.05, 0.8),
+        ("guard", 1, 0.03, 0.6),
+    ):
+        for step in (1, 2):
+            rows.append(
+                {
+                    "run_id": f"{policy}__s{seed}",
+                    "policy": policy,
+                    "params": "",
+                    "seed": seed,
+                    "step": step,
+                    "pool_size": 10,
+                    "compute_train": 100.0 * step,
+                    "compute_total": 100.0 * step,
+                    "accuracy._overall": 0.5,
+                    "noisy_share": 0.1 if step == 1 else share,
+                    "quarantined": 0 if precision is None else 5,
+                    "suspect_precision": precision,
+                    "suspect_recall": 0.0 if precision is None else precision / 2,
+                }
+            )
+    return pl.LazyFrame(rows)
+
+
+def test_the_summary_shows_the_noisy_share_per_epoch_and_the_quarantine_quality() -> None:
+    results = noisy_results()
+    summary = policy_summary(results, "standard")
+    guard = summary.row(0, named=True)
+    assert guard["policy"] == "guard"
+    assert guard["suspect_precision.mean"] == pytest.approx(0.7)
+    assert guard["suspect_recall.mean"] == pytest.approx(0.35)
+    by_step = noisy_share_by_step(results)
+    assert by_step is not None
+    cost = {"ratio": 0.1, "q25": 0.1, "q75": 0.1, "steps": 2, "method": "fixed"}
+    markdown = summary_markdown(summary, "standard", cost, "noisy", by_step)
+    assert "| policy | params | epoch 1 | epoch 2 |\n" in markdown
+    assert "| guard | - | 10.0% ± 0.0 | 4.0% ± 12.7 |\n" in markdown
+    assert "| guard | - | 5.0 ± 0.0 | 70.0% ± 127.1 | 35.0% ± 63.5 |\n" in markdown
+    assert "| standard | - | 0.0 ± 0.0 | - | 0.0% ± 0.0 |\n" in markdown
+    assert noisy_share_by_step(results.drop("noisy_share")) is None
 
 
 def test_scoring_cost_is_per_token_time_of_scoring_over_training() -> None:

@@ -3,6 +3,7 @@ weights file and its place in the manifest, what training and export read from i
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import PolicyConfig, RunConfig, dumps_toml
+from pipeline.config import PolicyConfig, RunConfig, TrainerConfig, dumps_toml
 from pipeline.errors import ManifestIntegrityError
+from pipeline.external_trainer import train_external_epoch
 from pipeline.manifest import identity, manifest_id, verify_manifest
 from pipeline.policies import PolicyParams, infobatch, uniform_draws
 from pipeline.pruning import StepInputs, prune_step, reset_pool, training_set
@@ -162,3 +164,26 @@ def test_training_and_export_take_the_samples_weighted_above_zero(soft_run, tmp_
     assert len(ids) == 6 and none is None
     export_pool(layout, records[0], tmp_path / "all", "parquet")
     assert "weight" not in pl.read_parquet(tmp_path / "all" / "part-00000.parquet").columns
+
+
+def test_an_external_trainer_gets_the_weighted_samples_and_is_charged_for_them(
+    soft_run, tmp_path: Path
+) -> None:
+    layout, records = soft_run
+    script = tmp_path / "trainer.py"
+    script.write_text(
+        "import shutil, sys\n"
+        "shutil.copytree(sys.argv[1], sys.argv[2])\n"
+        "open(sys.argv[3], 'wb').write(b'onnx')\n"
+    )
+    seen = tmp_path / "seen"
+    command = f"{sys.executable} {script} {{pool}} {seen} {{scorer}}"
+    stats = train_external_epoch(TrainerConfig(command), layout, records[1], 0, 2, seed=0)
+    weights = pl.read_parquet(layout.resolve(records[1]["pool"]["weights"]["path"]))
+    training = weights.filter(pl.col("weight") > 0)
+    shard = pl.read_parquet(seen / "part-00000.parquet")
+    assert shard.select("sample_id", "weight").sort("sample_id").equals(training)
+    assert stats.samples == training.height
+    samples = pl.read_parquet(layout.samples)
+    expected = training.join(samples, on="sample_id")["n_tokens"].sum()
+    assert stats.tokens_trained == expected
