@@ -457,6 +457,27 @@ def test_a_finished_experiment_is_skipped_when_run_again(tiny_experiment) -> Non
     assert [run["status"] for run in json.loads(result.stdout)["runs"]] == ["complete"] * 4
 
 
+def test_parallel_jobs_give_the_runs_of_one_process(tiny_experiment, tmp_path) -> None:
+    """`--jobs 2` runs cells in spawned worker processes: the same runs, manifest for
+    manifest, as the serial experiment's cells of the same grid and seed."""
+    serial, _ = tiny_experiment
+    grid = TINY_GRID.read_text().replace("seeds = [0, 1]", "seeds = [0]")
+    grid = grid.replace('base = "../tiny.toml"\n', "")  # write_grid names the base
+    out = tmp_path / "parallel"
+    result = invoke("experiment", str(write_grid(tmp_path, grid)), "--out", str(out), "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    for run in ("standard__s0", "stm__s0"):
+        ids = [
+            {
+                path.name: json.loads(path.read_text())["id"]
+                for path in RunLayout(root / "store", run).manifest_dir.glob("*.json")
+            }
+            for root in (serial, out)
+        ]
+        assert len(ids[0]) == 3 and ids[1] == ids[0]  # reset + 2 epochs, id for id
+    assert pl.read_parquet(out / "results.parquet").height == 2 * 2
+
+
 RANDOM_CONTROL = """
 seeds = [3, 4]
 [[policies]]
