@@ -6,6 +6,10 @@ A sample in A but not in B is explained by B's lineage: the last step of B's cha
 dropped it. The same rule read the other way explains B's extra samples, so `diff(A, B)`
 and `diff(B, A)` are mirror images. A sample that was dropped earlier in its own side's
 lineage and is still in that pool came back at the reset of the next round.
+
+A sample whose difference is explained by the noise guard's quarantine (reason
+`suspect-label`) is set apart from both sides, in `quarantined`: it is to be reviewed, not
+read as a sample the policy was done with.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.catalog import Catalog, Entry
+from pipeline.label_noise import SUSPECT_LABEL
 
 EVENT_COLUMNS = [
     "sample_id",
@@ -47,18 +52,26 @@ EVENT_SCHEMA = pl.Schema(
 )
 
 
+# Which side of a diff a quarantined sample is on: in A only, or in B only.
+REMOVED, ADDED = "removed", "added"
+
+
 @dataclass(frozen=True)
 class Diff:
     """`removed`: in A, not in B; `added`: in B, not in A. Both have the sample's group,
     the step that took it out of the other side's lineage (`round`, `epoch`, `manifest`,
     `policy`, `reason`, `floor`, `delta_threshold`, `loss`, `loss_prev`, `delta`; null
     when that lineage never dropped it, e.g. a different dataset) and `returned_round`,
-    the round whose reset brought it back into its own side (null if it never left)."""
+    the round whose reset brought it back into its own side (null if it never left).
+    `quarantined`: the samples of either side whose step has reason `suspect-label`,
+    with the same columns and `side` (`removed` or `added`) after `group`; they are in
+    neither `removed` nor `added`, so every differing sample is listed exactly once."""
 
     a: Entry
     b: Entry
     removed: pl.DataFrame
     added: pl.DataFrame
+    quarantined: pl.DataFrame
 
 
 def drop_events(root: Path, chain: list[Entry]) -> pl.LazyFrame:
@@ -109,6 +122,23 @@ def explain(
     )
 
 
+def set_apart_quarantined(
+    removed: pl.LazyFrame, added: pl.LazyFrame
+) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
+    """`removed` and `added` without the samples a `suspect-label` step explains, and
+    those samples in one frame with their `side`, sorted by sample_id."""
+    suspect = (pl.col("reason") == SUSPECT_LABEL).fill_null(False)
+    quarantined = pl.concat(
+        [
+            frame.filter(suspect).with_columns(side=pl.lit(side))
+            for side, frame in ((REMOVED, removed), (ADDED, added))
+        ]
+    )
+    first = ("sample_id", "group", "side")
+    quarantined = quarantined.select(*first, pl.exclude(first)).sort("sample_id")
+    return removed.filter(~suspect), added.filter(~suspect), quarantined
+
+
 def pool_frame(root: Path, entry: Entry) -> pl.LazyFrame:
     return pl.scan_parquet(root / entry.record["pool"]["path"]).select("sample_id", "group")
 
@@ -120,8 +150,8 @@ def diff_manifests(catalog: Catalog, a: Entry, b: Entry) -> Diff:
     departures_b = last_departures(drop_events(root, catalog.chain(b)))
     removed = explain(pool_a.join(pool_b, on="sample_id", how="anti"), departures_b, departures_a)
     added = explain(pool_b.join(pool_a, on="sample_id", how="anti"), departures_a, departures_b)
-    removed_df, added_df = pl.collect_all([removed, added])
-    return Diff(a, b, removed_df, added_df)
+    frames = pl.collect_all(set_apart_quarantined(removed, added))
+    return Diff(a, b, *frames)
 
 
 def counts(frame: pl.DataFrame, column: str) -> dict[str, int]:

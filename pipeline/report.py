@@ -1,7 +1,7 @@
 """What a run report shows, gathered from the run's store into Polars frames: pool, drops,
-compute and quality per step from the manifests; loss and delta distributions and the
-per-sample trajectories from the score files (read lazily). Rendering is
-`pipeline.report_html`'s; this module only reads and computes."""
+compute, quality and the label-noise estimate per step from the manifests; loss and delta
+distributions and the per-sample trajectories from the score files (read lazily).
+Rendering is `pipeline.report_html`'s; this module only reads and computes."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ class ReportData:
     counts: pl.DataFrame
     unsettled: pl.DataFrame
     unsettled_history: pl.DataFrame
+    noise: pl.DataFrame
     params: TrajectoryParams
 
     @property
@@ -214,6 +215,60 @@ def quality_frame(manifests: list[dict[str, Any]]) -> tuple[pl.DataFrame, str | 
     return pl.DataFrame(rows, schema=schema), source
 
 
+# The keys of a record's `noise` estimate (`pipeline.pruning`) the report reads.
+NOISE_KEYS = (
+    "share",
+    "round_start_share",
+    "growth",
+    "growth_threshold",
+    "scored_suspects",
+    "pool_suspects",
+    "quarantined",
+    "guard",
+    "high_loss",
+    "warmup",
+    "warning",
+)
+NOISE_SCHEMA = pl.Schema(
+    {
+        "step": pl.Int64,
+        "round": pl.Int64,
+        "epoch": pl.Int64,
+        "pool": pl.Int64,
+        "share": pl.Float64,
+        "round_start_share": pl.Float64,
+        "growth": pl.Float64,
+        "growth_threshold": pl.Float64,
+        "scored_suspects": pl.Int64,
+        "pool_suspects": pl.Int64,
+        "quarantined": pl.Int64,
+        "guard": pl.Boolean,
+        "high_loss": pl.Float64,
+        "warmup": pl.Int64,
+        "warning": pl.String,
+    }
+)
+
+
+def noise_frame(manifests: list[dict[str, Any]]) -> pl.DataFrame:
+    """The label-noise estimate of every step whose record has one (`noise`): the
+    likely-mislabeled share of the surviving pool (null within the warm-up), the share
+    at the round's first judged step, their ratio, the samples quarantined and the
+    warning. Resets and records written before the estimate existed have none."""
+    rows = [
+        {
+            "step": position,
+            "round": record["round"],
+            "epoch": record["epoch"],
+            "pool": record["pool"]["size"],
+            **{name: record["noise"].get(name) for name in NOISE_KEYS},
+        }
+        for position, record in enumerate(manifests)
+        if record.get("noise")
+    ]
+    return pl.DataFrame(rows, schema=NOISE_SCHEMA)
+
+
 def distribution_stats(history: pl.LazyFrame, column: str) -> pl.LazyFrame:
     """Quantiles of `column` per (round, epoch, group) and over all groups (a null group,
     which no group name can collide with), nulls left out (a round's baseline pass has no
@@ -271,7 +326,11 @@ def score_history(layout: RunLayout, manifests: list[dict[str, Any]]) -> pl.Lazy
         for record in steps
     )
     return (
-        pl.scan_parquet([layout.resolve(record["step"]["scores"]["path"]) for record in steps])
+        pl.scan_parquet(
+            [layout.resolve(record["step"]["scores"]["path"]) for record in steps],
+            # a run resumed across versions has scores files with and without diagnostics
+            extra_columns="ignore",
+        )
         .select("sample_id", "round", "epoch", "loss", "loss_prev", "delta")
         .cast({"round": pl.Int32, "epoch": pl.Int32})
         .join(kept, on=["sample_id", "round", "epoch"], how="left", validate="1:1")
@@ -372,6 +431,7 @@ def gather(layout: RunLayout, params: TrajectoryParams, top: int) -> ReportData:
         counts=counts,
         unsettled=unsettled_rows,
         unsettled_history=unsettled_history_rows,
+        noise=noise_frame(manifests),
         params=params,
     )
 
@@ -401,6 +461,19 @@ def summary(data: ReportData) -> dict[str, Any]:
             "counts": data.counts.to_dicts(),
         },
         "most_unsettled": data.unsettled.select(
-            "round", "sample_id", "group", "wander", "n_epochs", "last_loss"
+            "round", "sample_id", "group", "wander", "n_epochs", "last_loss", "mean_loss"
         ).to_dicts(),
+        "noise": {
+            "steps": data.noise.select(
+                "round",
+                "epoch",
+                "share",
+                "round_start_share",
+                "growth",
+                "pool_suspects",
+                "quarantined",
+                "warning",
+            ).to_dicts(),
+            "warnings": data.noise["warning"].drop_nulls().to_list(),
+        },
     }

@@ -47,6 +47,8 @@ th { color: #555; font-weight: 600; border-bottom: 1px solid #ccc; }
 td.text, th.text { text-align: left; }
 td.mono, th.mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; text-align: left; }
 .empty { color: #777; font-style: italic; }
+.warning { background: #fdf1ee; border-left: 4px solid #c44e52; padding: 6px 12px;
+  margin: 10px 0; max-width: 900px; }
 footer { color: #888; font-size: .82em; margin-top: 36px; }
 """
 
@@ -257,21 +259,63 @@ def _unsettled_table(data: ReportData) -> str:
             str(row["round"]),
             row["group"] or "-",
             f"{row['wander']:.3f}",
+            f"{row['mean_loss']:.3f}",
             f"{row['loss_rank']:.2f}",
             " → ".join(f"{loss:.2f}" for loss in losses.get((row["round"], row["sample_id"]), [])),
         ]
         for rank, row in enumerate(data.unsettled.iter_rows(named=True), start=1)
     ]
     table = _table(
-        ["#", "sample_id", "round", "group", "wander", "loss rank", "loss per epoch"],
+        ["#", "sample_id", "round", "group", "wander", "mean loss", "loss rank", "loss per epoch"],
         rows,
-        {1: "mono", 3: "text", 6: "text"},
+        {1: "mono", 3: "text", 7: "text"},
     )
     return table + (
         '<p class="note">wander: mean |delta| per epoch over the sample\'s history in that '
-        "round (nats). loss rank: mean percentile of its loss among the samples scored in "
-        "the same epoch (0 lowest, 1 highest).</p>"
+        "round (nats). mean loss: its mean loss over that history (nats), a simple mislabel "
+        "score: high is suspicious. loss rank: mean percentile of its loss among the "
+        "samples scored in the same epoch (0 lowest, 1 highest).</p>"
     )
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _noise_table(data: ReportData) -> str:
+    """The noise estimate per step, and each warning in full below it."""
+    if data.noise.is_empty():
+        return ""
+    rows = [
+        [
+            f"r{row['round']} e{row['epoch']}",
+            f"{row['pool']:,}",
+            "-" if row["pool_suspects"] is None else f"{row['pool_suspects']:,}",
+            _percent(row["share"]),
+            _percent(row["round_start_share"]),
+            "-" if row["growth"] is None else f"{row['growth']:.1f}×",
+            "-" if row["quarantined"] is None else f"{row['quarantined']:,}",
+            "warning" if row["warning"] else "",
+        ]
+        for row in data.noise.iter_rows(named=True)
+    ]
+    headers = [
+        "step",
+        "pool",
+        "likely mislabeled in pool",
+        "share",
+        "share at round start",
+        "growth",
+        "quarantined",
+        "",
+    ]
+    return _table(headers, rows, {0: "text", 7: "text"}) + _warnings(data)
+
+
+def _warnings(data: ReportData) -> str:
+    """The label-noise warnings of the run, each in its own box; none: nothing."""
+    warnings = data.noise["warning"].drop_nulls()
+    return "".join(f'<p class="warning">{escape(text)}</p>' for text in warnings)
 
 
 def _trajectory_hint(data: ReportData) -> str:
@@ -307,6 +351,7 @@ def page(data: ReportData, plots: list[Plot]) -> str:
     extras = {
         "trajectories": _trajectory_hint(data) + _counts_table(data),
         "unsettled": _unsettled_table(data),
+        "noise": _noise_table(data),
     }
     sections = "".join(_section(plot, extras.get(plot.section.name, "")) for plot in plots)
     nav = "".join(f'<a href="#{p.section.name}">{escape(p.section.title)}</a>' for p in plots)
@@ -326,6 +371,7 @@ def page(data: ReportData, plots: list[Plot]) -> str:
 loss moved.</p>
 {_config_list(data)}
 {_tiles(data)}
+{_warnings(data)}
 <nav>{nav}</nav>
 {sections}
 <footer>Written by <code>stm report</code>; trajectories with band ±{band:g} nats and window

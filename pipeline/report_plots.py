@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.patheffects import withStroke
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
+from pipeline.label_noise import SUSPECT_LABEL
 from pipeline.report import OVERALL, ReportData
 from pipeline.trajectories import SETTLED, TRAJECTORY_STATES, UNDETERMINED, WANDERING
 
@@ -33,6 +34,8 @@ WIDTH = 11.0
 
 GROUP_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#8172B3", "#937860", "#DA8BC3")
 OTHER_GROUPS_COLOR = "#8C8C8C"
+# Likely-mislabeled samples and the quarantine's reason, in every figure.
+NOISE_COLOR = "#5B3F8C"
 ALL_GROUPS_COLOR = "#7F8FA6"
 REASON_COLORS = {
     "mastered": "#C44E52",
@@ -40,6 +43,7 @@ REASON_COLORS = {
     "learning": "#6A8FC7",
     "baseline": "#C8C8C8",
     "kept": "#7DB489",
+    SUSPECT_LABEL: NOISE_COLOR,
 }
 OTHER_REASON_COLORS = ("#8172B3", "#937860", "#DA8BC3", "#64B5CD")
 STATE_COLORS = {SETTLED: "#55A868", WANDERING: "#DD8452", UNDETERMINED: "#C8C8C8"}
@@ -48,6 +52,11 @@ ROUND_SHADE = "#F1F3F6"
 # logarithmic: later rounds' losses (and floors) would otherwise be a flat line at zero.
 LOG_LOSS_RATIO = 30.0
 NOT_SCORED = "No epoch of this run has been scored yet."
+NO_NOISE_ESTIMATE = (
+    "No label-noise estimate recorded: this run was made before stm-curate recorded one in "
+    "its manifests."
+)
+WARNING_COLOR = "#C44E52"
 STYLE = {
     "font.size": 9.5,
     "axes.titlesize": 11,
@@ -540,6 +549,78 @@ def unsettled_plot(data: ReportData) -> bytes:
         return _png(figure)
 
 
+def noise_plot(data: ReportData) -> bytes:
+    """Top: the likely-mislabeled share of the pool after each step, one line per round,
+    with the share above which the round warns (dashed: the growth threshold times the
+    round's first judged share) and the steps that warned circled. Bottom, when the guard
+    quarantined any: the samples quarantined per step."""
+    noise = data.noise
+    quarantined = noise.filter(pl.col("quarantined") > 0)
+    panels = 2 if quarantined.height else 1
+    layout = {"nrows": panels, "sharex": True, "squeeze": False}
+    with _figure(1.2 + 2.6 * panels, **layout) as (figure, axes):
+        top = axes[0][0]
+        shares = noise.filter(pl.col("share").is_not_null())
+        if shares.is_empty():
+            _empty(top, "no share yet: every step so far was within the warm-up")
+        for index, (_, rows) in enumerate(shares.group_by("round", maintain_order=True)):
+            top.plot(
+                rows["step"],
+                rows["share"],
+                color=NOISE_COLOR,
+                marker="o",
+                markersize=3.5,
+                lw=2,
+                label="likely-mislabeled share" if index == 0 else None,
+            )
+            start, threshold = rows["round_start_share"][0], rows["growth_threshold"][0]
+            # a share cannot pass 100%: above it, the round could not have warned
+            if start and threshold and start * threshold < 1:
+                top.hlines(
+                    start * threshold,
+                    rows["step"].min() - 0.45,
+                    rows["step"].max() + 0.45,
+                    colors=WARNING_COLOR,
+                    ls="--",
+                    lw=1.3,
+                    label="warns above" if index == 0 else None,
+                )
+        warned = shares.filter(pl.col("warning").is_not_null())
+        if warned.height:
+            top.scatter(
+                warned["step"],
+                warned["share"],
+                s=90,
+                facecolors="none",
+                edgecolors=WARNING_COLOR,
+                linewidths=1.8,
+                zorder=4,
+                label="warning",
+            )
+        top.set_ylim(0, min(1.05, top.get_ylim()[1]) if shares.height else 1.0)
+        top.yaxis.set_major_formatter(PercentFormatter(1.0))
+        top.set_ylabel("share of the pool")
+        if quarantined.height:
+            bottom = axes[1][0]
+            bottom.bar(
+                quarantined["step"],
+                quarantined["quarantined"],
+                color=NOISE_COLOR,
+                width=0.75,
+                zorder=2,
+                label=f"quarantined ({SUSPECT_LABEL})",
+            )
+            bottom.set_ylabel("samples quarantined")
+            bottom.yaxis.set_major_formatter(FuncFormatter(_thousands))
+            bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
+        for index, ax in enumerate(axes[:, 0]):
+            _step_axis(ax, data, label_rounds=index == 0)
+        axes[-1][0].set_xlabel("epoch within round (rounds shaded)")
+        if any(ax.get_legend_handles_labels()[0] for ax in axes[:, 0]):
+            figure.legend(loc="outside right upper")
+        return _png(figure)
+
+
 Renderer = Callable[[ReportData], bytes]
 
 
@@ -630,7 +711,34 @@ def sections(data: ReportData) -> list[Section]:
             unsettled_plot,
             unscored or (None if data.unsettled.height else "No sample kept wandering."),
         ),
+        Section(
+            "noise",
+            "Likely-mislabeled samples",
+            _noise_note(data),
+            noise_plot,
+            unscored or (None if data.noise.height else NO_NOISE_ESTIMATE),
+        ),
     ]
+
+
+def _noise_note(data: ReportData) -> str:
+    """What the noise figure shows, with the criterion's parameters as the run used them."""
+    if data.noise.is_empty():
+        return ""
+    last = data.noise.row(-1, named=True)
+    guard = (
+        f"the guard quarantined them (reason {SUSPECT_LABEL}), so the share stays near 0"
+        if last["guard"]
+        else "the guard was off: they stayed in the pool"
+    )
+    return (
+        "A sample is likely mislabeled when, after the first "
+        f"{last['warmup']} passes of its round, its loss has never been below "
+        f"{last['high_loss']:g} nats and is not falling; a loss alone cannot tell it from "
+        f"a clean sample the model cannot fit yet. The share of the pool they make up "
+        f"after each epoch, and a warning when it grows more than "
+        f"{last['growth_threshold']:g} times within a round; {guard}."
+    )
 
 
 def render_plots(data: ReportData, on_plot: Callable[[str], None] | None = None) -> list[Plot]:

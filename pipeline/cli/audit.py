@@ -1,5 +1,5 @@
-"""`stm manifests ...` and `stm export`: audit a store's manifests and hand a pool to any
-trainer as shards."""
+"""`stm manifests ...` and `stm export`: audit a store's manifests, list the samples the
+noise guard quarantined for review, and hand a pool to any trainer as shards."""
 
 from __future__ import annotations
 
@@ -22,14 +22,19 @@ from pipeline.cli.app import (
     report_problems,
     store_root,
 )
+from pipeline.diff import Diff, diff_manifests
 from pipeline.diff import counts as diff_counts
-from pipeline.diff import diff_manifests
 from pipeline.errors import (
     ManifestNotFound,
 )
+from pipeline.label_noise import SUSPECT_LABEL
+from pipeline.review import Review, ReviewFormat, check_review_target, read_review, write_review
 from pipeline.shards import export_pool, summary_json
 from pipeline.store import RunLayout
 from pipeline.verify import manifest_paths, verify_store
+
+# The title of the quarantined samples in a diff: apart from those the policy removed.
+QUARANTINED = f"quarantined ({SUSPECT_LABEL})"
 
 
 def _step_reasons(record: dict[str, Any]) -> str:
@@ -106,7 +111,8 @@ def _entries_table(title: str, entries: list[Entry]) -> Table:
 
 @cli.group()
 def manifests() -> None:
-    """Audit the manifests of a store: list, show, lineage log, diff and verify.
+    """Audit the manifests of a store: list, show, lineage log, diff, verify, and review
+    the samples the noise guard quarantined.
 
     A manifest is named by its id, a unique prefix of it, RUN (its latest step) or
     RUN:ROUND:EPOCH.
@@ -203,8 +209,8 @@ def manifests_log(ref: str, store: Path | None, as_json: bool) -> None:
 @STORE_OPTION
 @click.option(
     "--ids",
-    type=click.Choice(["removed", "added"]),
-    help="Print only the ids removed (in A, not B) or added, one per line.",
+    type=click.Choice(["removed", "added", "quarantined"]),
+    help="Print only the ids removed (in A, not B), added, or quarantined, one per line.",
 )
 @click.option("--limit", default=20, show_default=True, help="Samples listed per side.")
 @JSON_OPTION
@@ -213,37 +219,19 @@ def manifests_diff(
 ) -> None:
     """Which samples are in pool A and not B (removed) and in B and not A (added), and
     for each when and why it left: step, policy, reason, loss, delta and floor at that
-    moment, and whether it came back at a round reset. Works between any two manifests,
-    across rounds and runs."""
+    moment, and whether it came back at a round reset. Samples the noise guard
+    quarantined (reason suspect-label) are listed apart, on either side, for review.
+    Works between any two manifests, across rounds and runs."""
     with progress(f"Comparing the pools of {a} and {b}"):
         catalog = Catalog.load(store_root(store))
         result = diff_manifests(catalog, catalog.find(a), catalog.find(b))
+    sides = {"removed": result.removed, "added": result.added}
     if ids:
-        frame = result.removed if ids == "removed" else result.added
-        for sample_id in frame["sample_id"]:
+        for sample_id in {**sides, "quarantined": result.quarantined}[ids]["sample_id"]:
             click.echo(sample_id)
         return
-    sides = {"removed": result.removed, "added": result.added}
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "a": result.a.id,
-                    "b": result.b.id,
-                    **{
-                        name: {
-                            "count": frame.height,
-                            "by_group": diff_counts(frame, "group"),
-                            "by_reason": diff_counts(frame, "reason"),
-                            "returned_at_reset": int(frame["returned_round"].is_not_null().sum()),
-                            "samples": frame.to_dicts(),
-                        }
-                        for name, frame in sides.items()
-                    },
-                },
-                indent=2,
-            )
-        )
+        click.echo(json.dumps(_diff_json(result), indent=2))
         return
     console = Console()
     console.print(
@@ -261,6 +249,36 @@ def manifests_diff(
         )
         if frame.height:
             console.print(_diff_table(name, frame, limit))
+    quarantined = result.quarantined
+    if quarantined.height:
+        console.print(
+            f"{QUARANTINED}: {quarantined.height:,}  by group "
+            f"{diff_counts(quarantined, 'group')}  by side {diff_counts(quarantined, 'side')}  "
+            f"came back at a reset {int(quarantined['returned_round'].is_not_null().sum()):,}"
+        )
+        console.print(_diff_table(QUARANTINED, quarantined, limit))
+
+
+def _diff_json(result: Diff) -> dict[str, Any]:
+    """`removed` and `added` as they always were, and `quarantined` (present, with count
+    0, when there are none) with its counts by side instead of by reason."""
+
+    def side(frame: pl.DataFrame, by: str) -> dict[str, Any]:
+        return {
+            "count": frame.height,
+            "by_group": diff_counts(frame, "group"),
+            f"by_{by}": diff_counts(frame, by),
+            "returned_at_reset": int(frame["returned_round"].is_not_null().sum()),
+            "samples": frame.to_dicts(),
+        }
+
+    return {
+        "a": result.a.id,
+        "b": result.b.id,
+        "removed": side(result.removed, "reason"),
+        "added": side(result.added, "reason"),
+        "quarantined": side(result.quarantined, "side"),
+    }
 
 
 def _number(value: float | None) -> str:
@@ -268,7 +286,9 @@ def _number(value: float | None) -> str:
 
 
 def _diff_table(name: str, frame: pl.DataFrame, limit: int) -> Table:
-    """Samples of one side of a diff; the sample id is never truncated."""
+    """Samples of one side of a diff, or the quarantined ones with their side instead of
+    a reason and floor (always suspect-label, and no floor let them go); the sample id is
+    never truncated."""
     table = Table(
         title=f"{name} (first {min(limit, frame.height)} of {frame.height:,})",
         title_justify="left",
@@ -276,18 +296,10 @@ def _diff_table(name: str, frame: pl.DataFrame, limit: int) -> Table:
         pad_edge=False,
         collapse_padding=True,
     )
-    columns = (
-        "sample_id",
-        "group",
-        "left at",
-        "reason",
-        "loss",
-        "loss_prev",
-        "delta",
-        "floor",
-        "back at",
-    )
-    for column in columns:
+    quarantined = "side" in frame.columns
+    step = ("side", "quarantined at") if quarantined else ("left at", "reason")
+    floor = () if quarantined else ("floor",)
+    for column in ("sample_id", "group", *step, "loss", "loss_prev", "delta", *floor, "back at"):
         table.add_column(column, no_wrap=True, min_width=len(column))
     for row in frame.head(limit).iter_rows(named=True):
         left = "-" if row["round"] is None else f"r{row['round']} e{row['epoch']}"
@@ -295,12 +307,11 @@ def _diff_table(name: str, frame: pl.DataFrame, limit: int) -> Table:
         table.add_row(
             row["sample_id"],
             row["group"],
-            left,
-            row["reason"] or "never dropped",
+            *((row["side"], left) if quarantined else (left, row["reason"] or "never dropped")),
             _number(row["loss"]),
             _number(row["loss_prev"]),
             _number(row["delta"]),
-            _number(row["floor"]),
+            *(() if quarantined else (_number(row["floor"]),)),
             back,
         )
     return table
@@ -351,6 +362,107 @@ def _find_path(root: Path, ref: str) -> Path:
     return Catalog.load(root).find(ref).path
 
 
+def _review_path(_ctx: click.Context, _param: click.Parameter, path: Path | None) -> Path | None:
+    if path is not None and path.suffix not in (".parquet", ".jsonl"):
+        raise click.BadParameter(f"{path}: must end in .parquet or .jsonl")
+    return path
+
+
+def _review_format(path: Path) -> ReviewFormat:
+    return "jsonl" if path.suffix == ".jsonl" else "parquet"
+
+
+def _review_json(review: Review, path: Path | None) -> dict[str, Any]:
+    return {
+        "manifest": review.manifest,
+        "run": review.run,
+        "round": review.round_index,
+        "epoch": review.epoch,
+        "count": review.rows.height,
+        "by_epoch": review.by_epoch,
+        "by_group": review.by_group,
+        "out": None if path is None else str(path),
+        "format": None if path is None else _review_format(path),
+    }
+
+
+def _review_written(review: Review, path: Path) -> str:
+    where = (
+        f"round {review.round_index} up to epoch {review.epoch} (manifest {review.manifest[:12]})"
+    )
+    count = review.rows.height
+    if not count:
+        return f"No sample was quarantined ({SUSPECT_LABEL}) in {where}: wrote an empty {path}"
+    samples = "1 sample" if count == 1 else f"{count:,} samples"
+    return f"Wrote {samples} quarantined ({SUSPECT_LABEL}) in {where} to {path}, for review"
+
+
+@manifests.command("review")
+@click.argument("ref")
+@STORE_OPTION
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_review_path,
+    help="Write the list, with the dataset's columns, to this new .parquet or .jsonl file.",
+)
+@click.option("--limit", default=20, show_default=True, help="Samples listed on the terminal.")
+@JSON_OPTION
+def manifests_review(
+    ref: str, store: Path | None, out: Path | None, limit: int, as_json: bool
+) -> None:
+    """The samples the noise guard quarantined (reason suspect-label) in REF's round up to
+    REF: the step that set each aside, its loss then and its running diagnostics (passes,
+    mean and lowest loss in the round). With --out, every row with the dataset's own
+    columns, so that a reviewer sees the label; --json prints the counts (and, without
+    --out, the samples)."""
+    catalog = Catalog.load(store_root(store))
+    review = read_review(catalog, catalog.find(ref))
+    if out is not None:
+        write_review(catalog.root, review, out, _review_format(out))
+    if as_json:
+        payload = _review_json(review, out)
+        if out is None:
+            payload["samples"] = review.rows.to_dicts()
+        click.echo(json.dumps(payload, indent=2))
+        return
+    if out is not None:
+        click.echo(_review_written(review, out))
+        return
+    console = Console()
+    console.print(
+        f"{QUARANTINED} in round {review.round_index} up to epoch {review.epoch} of run "
+        f"{review.run} ({review.manifest[:12]}): {review.rows.height:,}  by epoch "
+        f"{review.by_epoch}  by group {review.by_group}"
+    )
+    if review.rows.height:
+        console.print(_review_table(review.rows, limit))
+
+
+def _review_table(rows: pl.DataFrame, limit: int) -> Table:
+    table = Table(
+        title=f"first {min(limit, rows.height)} of {rows.height:,}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    columns = ("sample_id", "group", "at", "loss", "mean_loss", "min_loss", "passes")
+    for column in columns:
+        table.add_column(column, no_wrap=True, min_width=len(column))
+    for row in rows.head(limit).iter_rows(named=True):
+        table.add_row(
+            row["sample_id"],
+            row["group"],
+            f"r{row['round']} e{row['epoch']}",
+            _number(row["loss"]),
+            _number(row["mean_loss"]),
+            _number(row["min_loss"]),
+            "-" if row["passes"] is None else str(row["passes"]),
+        )
+    return table
+
+
 @cli.command("export")
 @click.argument("ref")
 @click.option(
@@ -365,6 +477,13 @@ def _find_path(root: Path, ref: str) -> Path:
 )
 @click.option("--shards", type=click.IntRange(min=1), help="Number of shards.")
 @click.option("--rows-per-shard", type=click.IntRange(min=1), help="Rows per shard.")
+@click.option(
+    "--review",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_review_path,
+    help="Also write the samples quarantined as suspect-label in the manifest's round, "
+    "with the dataset's columns, to this new .parquet or .jsonl file (outside --out).",
+)
 @JSON_OPTION
 def export(
     ref: str,
@@ -373,24 +492,38 @@ def export(
     fmt: str,
     shards: int | None,
     rows_per_shard: int | None,
+    review: Path | None,
     as_json: bool,
 ) -> None:
     """Write a manifest's pool as shards any trainer can read: every original column,
     joined from the run's dataset by sample_id and streamed, plus _manifest.json and
     _SHA256SUMS. Loads with `datasets.load_dataset("parquet", data_files="OUT/*.parquet")` or
-    `pyarrow.parquet.read_table(OUT)`."""
+    `pyarrow.parquet.read_table(OUT)`. With --review, the samples the noise guard
+    quarantined are written apart, for a person to check, never into the shards."""
     if shards and rows_per_shard:
         raise click.UsageError("give --shards or --rows-per-shard, not both")
     root = store_root(store)
-    entry = Catalog.load(root).find(ref)
+    catalog = Catalog.load(root)
+    entry = catalog.find(ref)
+    quarantine = None
+    if review is not None:
+        check_review_target(review, out)
+        quarantine = read_review(catalog, entry)
     layout = RunLayout(root, entry.record["run"])
     size = entry.record["pool"]["size"]
     with progress(f"Exporting manifest {entry.id[:12]}", size, "samples") as advance:
         summary = export_pool(layout, entry.record, out, fmt, shards, rows_per_shard, advance)
+    if quarantine is not None:
+        write_review(root, quarantine, review, _review_format(review), out)
     if as_json:
-        click.echo(summary_json(summary))
-    else:
-        click.echo(
-            f"Wrote {summary.rows:,} samples of manifest {entry.id[:12]} in "
-            f"{len(summary.shards)} shard(s) to {summary.out}"
-        )
+        payload = json.loads(summary_json(summary))
+        if quarantine is not None:
+            payload["review"] = _review_json(quarantine, review)
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(
+        f"Wrote {summary.rows:,} samples of manifest {entry.id[:12]} in "
+        f"{len(summary.shards)} shard(s) to {summary.out}"
+    )
+    if quarantine is not None:
+        click.echo(_review_written(quarantine, review))

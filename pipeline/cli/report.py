@@ -66,8 +66,10 @@ def report(
     trainer's metrics) against cumulative tokens trained, and trained plus scored; and
     per-sample trajectories: which samples settled (|delta| within --band for the last
     --window or more of their epochs), which kept wandering, counts per group and the
-    --top most unsettled samples with their loss per epoch. A run still in progress, or
-    with no scored epoch yet, shows what exists.
+    --top most unsettled samples with their mean loss and loss per epoch; and the share of
+    the pool that looks mislabeled after each epoch, the samples the noise guard
+    quarantined and any label-noise warning (also printed on stderr). A run still in
+    progress, or with no scored epoch yet, shows what exists.
     """
     root = store_root(store)
     layout = open_run(root, run_id)
@@ -97,3 +99,5 @@ def report(
         f"Report of run {run_id}: {files.html} ({figures} figure{'' if figures == 1 else 's'} "
         "beside it)"
     )
+    for warning in data.noise["warning"].drop_nulls():
+        click.echo(f"label-noise warning: {warning}", err=True)

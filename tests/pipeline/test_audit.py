@@ -17,7 +17,7 @@ from pipeline.manifest import encode_record, with_id
 from pipeline.shards import export_pool, read_checksums
 from pipeline.store import sha256_file
 from pipeline.verify import manifest_paths, verify_store
-from tests.store_builders import make_run, run_rounds
+from tests.store_builders import build_quarantine_store, make_run, run_rounds
 
 STM = PolicyConfig(name="stm", delta=0.25, floor=0.5, tighten=0.5)
 STANDARD = PolicyConfig(name="standard")
@@ -86,6 +86,42 @@ def test_diff_across_runs_with_different_policies(store: Path) -> None:
     assert result.added.height == 0
     standard_side = diff_manifests(catalog, catalog.find("stm-run"), catalog.find("std-run"))
     assert counts(standard_side.added, "reason") == {"mastered": 1}
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Catalog:
+    """A run whose guard quarantined s003 and s005 at r0 e3 and s004 at r1 e2."""
+    return Catalog.load(build_quarantine_store(tmp_path / "guarded"))
+
+
+def test_diff_lists_quarantined_samples_apart_and_once(guarded: Catalog) -> None:
+    step_3 = guarded.find("guarded:0:3")
+    result = diff_manifests(guarded, guarded.find("guarded:0:1"), guarded.find("guarded:0:4"))
+    assert result.removed["sample_id"].to_list() == ["s000", "s001"]
+    assert counts(result.removed, "reason") == {"mastered": 2}
+    assert result.quarantined["sample_id"].to_list() == ["s003", "s005"]
+    assert result.quarantined.columns[:3] == ["sample_id", "group", "side"]
+    assert result.quarantined["side"].to_list() == ["removed", "removed"]
+    assert result.quarantined["manifest"].to_list() == [step_3.id] * 2
+    assert result.quarantined["epoch"].to_list() == [3, 3]
+    assert result.added.height == 0
+
+
+def test_quarantine_diffs_are_mirror_images_across_a_reset(guarded: Catalog) -> None:
+    a, b = guarded.find("guarded:0:4"), guarded.find("guarded:1:2")
+    forward, backward = diff_manifests(guarded, a, b), diff_manifests(guarded, b, a)
+    assert forward.removed.height == 0
+    assert forward.added["sample_id"].to_list() == ["s000", "s001"]
+    # s004 was quarantined in B's round; s003 and s005 in A's, and came back at the reset
+    quarantined = forward.quarantined.select("sample_id", "side", "round", "returned_round")
+    assert quarantined.rows() == [
+        ("s003", "added", 0, 1),
+        ("s004", "removed", 1, None),
+        ("s005", "added", 0, 1),
+    ]
+    swapped = pl.col("side").replace({"added": "removed", "removed": "added"})
+    assert forward.quarantined.with_columns(swapped).equals(backward.quarantined)
+    assert forward.added.equals(backward.removed)
 
 
 def test_consecutive_epochs_diff_matches_the_step_record(store: Path) -> None:

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 from pipeline.cli import cli
 from pipeline.config import PolicyConfig
-from tests.store_builders import make_run, run_rounds
+from tests.store_builders import build_quarantine_store, make_run, run_rounds
 
 STM = PolicyConfig(name="stm", delta=0.25, floor=0.5, tighten=0.5)
 BASE = {f"s{i:03d}": 1.0 for i in range(6)}
@@ -68,6 +68,14 @@ def test_diff_ids_json_and_table(store: Path) -> None:
     assert summary["added"]["samples"][0]["epoch"] == 2
     table = " ".join(invoke(store, *args).stdout.split())
     assert "s001" in table and "came back at a reset 2" in table
+    assert "quarantined" not in table
+    assert summary["quarantined"] == {
+        "count": 0,
+        "by_group": {},
+        "by_side": {},
+        "returned_at_reset": 0,
+        "samples": [],
+    }
 
 
 def test_verify_ok_then_names_the_tampered_file(store: Path) -> None:
@@ -141,3 +149,93 @@ def test_progress_goes_to_a_terminals_stderr_and_json_stays_clean(
     assert result.exit_code == 0, result.output
     json.loads(result.stdout)
     assert shown in result.stderr
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Path:
+    """A run whose guard quarantined s003 and s005 at r0 e3 and s004 at r1 e2."""
+    return build_quarantine_store(tmp_path / "guarded")
+
+
+def test_diff_shows_quarantined_samples_in_their_own_section(guarded: Path) -> None:
+    args = ("manifests", "diff", "guarded:0:1", "guarded:0:4")
+    assert invoke(guarded, *args, "--ids", "removed").stdout == "s000\ns001\n"
+    assert invoke(guarded, *args, "--ids", "quarantined").stdout == "s003\ns005\n"
+    summary = json.loads(invoke(guarded, *args, "--json").stdout)
+    assert summary["removed"]["by_reason"] == {"mastered": 2}
+    quarantined = summary["quarantined"]
+    assert (quarantined["count"], quarantined["by_side"]) == (2, {"removed": 2})
+    assert [(s["sample_id"], s["reason"], s["epoch"]) for s in quarantined["samples"]] == [
+        ("s003", "suspect-label", 3),
+        ("s005", "suspect-label", 3),
+    ]
+    text = invoke(guarded, *args).stdout
+    removed_part, quarantined_part = text.split("quarantined (suspect-label): 2")
+    assert "s003" not in removed_part and "s000" in removed_part
+    assert quarantined_part.count("s003") == 1 and "r0 e3" in quarantined_part
+
+
+def test_review_lists_prints_and_writes_the_quarantine(guarded: Path, tmp_path: Path) -> None:
+    table = invoke(guarded, "manifests", "review", "guarded:0:4").stdout
+    assert "quarantined (suspect-label) in round 0 up to epoch 4" in table
+    assert "s003" in table and "s005" in table and "s004" not in table
+    listed = json.loads(invoke(guarded, "manifests", "review", "guarded", "--json").stdout)
+    assert (listed["round"], listed["count"], listed["by_epoch"]) == (1, 1, {"2": 1})
+    assert listed["samples"][0]["sample_id"] == "s004" and listed["out"] is None
+    out = tmp_path / "review.jsonl"
+    written = invoke(guarded, "manifests", "review", "guarded:0:3", "--out", str(out))
+    assert "Wrote 2 samples quarantined (suspect-label) in round 0 up to epoch 3" in (
+        written.stdout
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["sample_id"], r["label"]) for r in rows] == [
+        ("s003", "label-3"),
+        ("s005", "label-5"),
+    ]
+
+
+def test_export_writes_the_review_beside_the_shards(guarded: Path, tmp_path: Path) -> None:
+    out, review = tmp_path / "shards", tmp_path / "review.parquet"
+    result = invoke(
+        guarded, "export", "guarded:0:4", "--out", str(out), "--review", str(review), "--json"
+    )
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 2 and summary["review"]["count"] == 2
+    assert summary["review"]["out"] == str(review) and summary["review"]["format"] == "parquet"
+    rows = pl.read_parquet(review)
+    assert rows["sample_id"].to_list() == ["s003", "s005"]
+    assert rows["label"].to_list() == ["label-3", "label-5"]
+    exported = pl.read_parquet(out / "*.parquet")["sample_id"].to_list()
+    assert sorted(exported) == ["s002", "s004"]
+
+
+def test_export_of_a_round_with_no_quarantine_writes_an_empty_review(
+    guarded: Path, tmp_path: Path
+) -> None:
+    review = tmp_path / "review.jsonl"
+    result = invoke(
+        guarded, "export", "guarded:0:2", "--out", str(tmp_path / "s"), "--review", str(review)
+    )
+    assert result.exit_code == 0, result.output
+    assert "No sample was quarantined (suspect-label) in round 0 up to epoch 2" in result.stdout
+    assert review.read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("review", "code", "message"),
+    [
+        ("{tmp}/taken.parquet", 1, "taken.parquet: already exists; write the review to a new"),
+        ("{tmp}/shards/review.parquet", 1, "inside the export directory"),
+        ("{tmp}/review.csv", 2, "review.csv: must end in .parquet or .jsonl"),
+    ],
+)
+def test_export_refuses_a_bad_review_path_before_writing_anything(
+    guarded: Path, tmp_path: Path, review: str, code: int, message: str
+) -> None:
+    (tmp_path / "taken.parquet").write_bytes(b"keep me")
+    shards = tmp_path / "shards"
+    args = ("export", "guarded", "--out", str(shards), "--review", review.format(tmp=tmp_path))
+    result = invoke(guarded, *args)
+    assert result.exit_code == code and message in result.output
+    assert "Traceback" not in result.output
+    assert not shards.exists() and (tmp_path / "taken.parquet").read_bytes() == b"keep me"

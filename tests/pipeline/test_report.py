@@ -20,12 +20,19 @@ from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.config import PolicyConfig
-from pipeline.pruning import StepInputs, prune_step, reset_pool
-from pipeline.report import gather, open_run
-from pipeline.report_plots import sections
+from pipeline.pruning import StepInputs, prune_step, reset_pool, run_manifests
+from pipeline.report import gather, open_run, score_history
+from pipeline.report_plots import NO_NOISE_ESTIMATE, sections
 from pipeline.store import RunLayout, sha256_file
 from pipeline.trajectories import TrajectoryParams
-from tests.store_builders import make_run
+from tests.store_builders import (
+    BASE,
+    build_quarantine_store,
+    make_labelled_run,
+    make_run,
+    noise_entry,
+    run_noisy_rounds,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Relative mode lets a sample be dropped as mastered on a change within the band.
@@ -144,6 +151,7 @@ def test_json_numbers_agree_with_the_manifests(store: Path, written: dict) -> No
         (0, "s004", "easy"),
     ]
     assert [s["wander"] for s in written["most_unsettled"]] == [0.5, 0.3125]
+    assert [s["mean_loss"] for s in written["most_unsettled"]] == pytest.approx([1.8, 2.35])
 
 
 def test_drops_and_pool_frames_agree_with_the_manifests(store: Path) -> None:
@@ -171,6 +179,7 @@ def test_report_is_self_contained_with_valid_pngs(written: dict) -> None:
         "quality.png",
         "trajectories.png",
         "unsettled.png",
+        "noise.png",
     ]
     assert all(Path(p).parent == html_path.parent for p in written["figures"])
     assert "http://" not in html and "https://" not in html
@@ -242,6 +251,60 @@ def test_unknown_store_names_it(tmp_path: Path) -> None:
     assert f"Error: {tmp_path / 'missing'}: store not found" in result.output
 
 
+WARNING = "round 0 epoch 4: likely-mislabeled share of the pool grew 3.0x since epoch 3"
+# Guard off: the pool shrinks around the suspects, whose share grows past 2x at epoch 4
+# (the shares are set by hand over the pipeline's own estimate).
+NOISY_ROUNDS = [
+    [
+        (BASE, (), noise_entry(None, None)),
+        (BASE | {"s000": 0.25}, (), noise_entry(None, None)),
+        (BASE, (), noise_entry(0.25, 0.25)),
+        (BASE | {"s001": 0.125, "s002": 0.125}, (), noise_entry(0.75, 0.25, warning=WARNING)),
+    ]
+]
+
+
+def test_the_noise_section_shows_shares_growth_and_the_warning(tmp_path: Path) -> None:
+    run_noisy_rounds(make_labelled_run(tmp_path, "noisy"), NOISY_ROUNDS)
+    result = CliRunner().invoke(cli, ["report", "noisy", "--store", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"label-noise warning: {WARNING}" in result.stderr
+    written = json.loads(invoke(tmp_path, "noisy", "--json").stdout)
+    steps = written["noise"]["steps"]
+    assert [(s["epoch"], s["share"], s["growth"]) for s in steps] == [
+        (1, None, None),
+        (2, None, None),
+        (3, 0.25, 1.0),
+        (4, 0.75, 3.0),
+    ]
+    assert written["noise"]["warnings"] == [WARNING]
+    assert "noise.png" in [Path(p).name for p in written["figures"]]
+    html = Path(written["html"]).read_text()
+    section = html.split('<section id="noise">')[1]
+    assert "Likely-mislabeled samples" in section and "share at round start" in section
+    assert "75.0%" in section and "3.0×" in section
+    assert html.count(f'<p class="warning">{WARNING}</p>') == 2  # at the top and in place
+
+
+def test_the_noise_section_draws_the_quarantined_samples(tmp_path: Path) -> None:
+    data = gather(open_run(build_quarantine_store(tmp_path), "guarded"), TrajectoryParams(), 3)
+    quarantined = data.noise.filter(pl.col("quarantined") > 0)
+    assert quarantined.select("round", "epoch", "quarantined").rows() == [(0, 3, 2), (1, 2, 1)]
+    noise = {s.name: s for s in sections(data)}["noise"]
+    assert noise.missing is None and "the guard" in noise.note
+    assert noise.renderer(data).startswith(PNG_SIGNATURE)
+
+
+def test_a_run_without_noise_estimates_says_so(tmp_path: Path) -> None:
+    older = [[(losses, suspects, None) for losses, suspects, _ in NOISY_ROUNDS[0]]]
+    run_noisy_rounds(make_labelled_run(tmp_path, "older"), older)
+    written = json.loads(invoke(tmp_path, "older", "--json").stdout)
+    assert written["noise"] == {"steps": [], "warnings": []}
+    assert "noise.png" not in [Path(p).name for p in written["figures"]]
+    html = Path(written["html"]).read_text()
+    assert NO_NOISE_ESTIMATE in html and 'class="warning"' not in html
+
+
 def _chromium() -> str | None:
     for candidate in ("/usr/bin/chromium", shutil.which("chromium")):
         if candidate and Path(candidate).is_file():
@@ -250,6 +313,23 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no chromium at /usr/bin/chromium or on PATH")
+def test_a_run_resumed_across_versions_reads_scores_with_and_without_diagnostics(
+    tmp_path: Path,
+) -> None:
+    """Scores files written before the running diagnostics existed have fewer columns;
+    a run resumed on this version mixes both, and its history still stacks."""
+    root = tmp_path / "store"
+    build_run(root, "mixed", ROUNDS, {"accuracy": ACCURACY})
+    layout = RunLayout(root, "mixed")
+    first = layout.scores(0, 1)
+    old = pl.read_parquet(first).drop("passes", "mean_loss", "min_loss", "wander", "calm")
+    first.chmod(0o644)
+    old.write_parquet(first)
+    history = score_history(layout, run_manifests(layout)).collect()
+    first_pass = history.filter((pl.col("round") == 0) & (pl.col("epoch") == 1))
+    assert first_pass.height == old.height > 0
+
+
 def test_the_report_renders_in_a_headless_browser(written: dict, tmp_path: Path) -> None:
     """The documented check (README, "Reports"): the page opens from disk, offline, and
     draws its figures; a page that failed to load would screenshot as one flat colour."""
