@@ -243,21 +243,29 @@ def _pool_target(params: PolicyParams, policy: str) -> int:
     return params.pool_target
 
 
+def _seeded_draw(draw: Callable[[pl.Series, int, int], np.ndarray], dtype: pl.DataType) -> pl.Expr:
+    """A column computed over the whole pass by `draw(ids, round, epoch)`: the step is
+    read from the scores (one round and epoch per pass), so the draw is seeded by it."""
+
+    def batch(columns: pl.Series) -> pl.Series:
+        fields = columns.struct
+        if not len(columns):
+            return pl.Series([], dtype=dtype)
+        step = int(fields.field("round")[0]), int(fields.field("epoch")[0])
+        return pl.Series(draw(fields.field("sample_id"), *step), dtype=dtype)
+
+    return pl.struct("sample_id", "round", "epoch").map_batches(batch, return_dtype=dtype)
+
+
 def random_control(scores: pl.LazyFrame, params: PolicyParams) -> pl.LazyFrame:
     """Drop random samples so that the pool keeps `pool_target` samples (a reference run's
     pool size at the same step): a control with STM's savings and no signal."""
     target = _pool_target(params, "random")
 
-    def mask(columns: pl.Series) -> pl.Series:
-        fields = columns.struct
-        step = (
-            (int(fields.field("round")[0]), int(fields.field("epoch")[0]))
-            if len(columns)
-            else (0, 0)
-        )
-        return pl.Series(random_drop_mask(fields.field("sample_id"), target, params.seed, *step))
+    def mask(ids: pl.Series, round_index: int, epoch: int) -> np.ndarray:
+        return random_drop_mask(ids, target, params.seed, round_index, epoch)
 
-    dropped = pl.struct("sample_id", "round", "epoch").map_batches(mask, return_dtype=pl.Boolean)
+    dropped = _seeded_draw(mask, pl.Boolean)
     return scores.with_columns(
         reason=pl.when(dropped).then(pl.lit(RANDOM)).otherwise(pl.lit(KEPT))
     ).with_columns(keep=pl.col("reason") == KEPT)
@@ -316,16 +324,10 @@ def infobatch(scores: pl.LazyFrame, params: PolicyParams) -> pl.LazyFrame:
         raise ValueError("policy 'infobatch' needs the step's last_soft_epoch from the I/O edge")
     ratio = params.prune_ratio
 
-    def draws(columns: pl.Series) -> pl.Series:
-        fields = columns.struct
-        step = (
-            (int(fields.field("round")[0]), int(fields.field("epoch")[0]))
-            if len(columns)
-            else (0, 0)
-        )
-        return pl.Series(uniform_draws(fields.field("sample_id"), params.seed, *step))
+    def draws(ids: pl.Series, round_index: int, epoch: int) -> np.ndarray:
+        return uniform_draws(ids, params.seed, round_index, epoch)
 
-    drawn = pl.struct("sample_id", "round", "epoch").map_batches(draws, return_dtype=pl.Float64)
+    drawn = _seeded_draw(draws, pl.Float64)
     below_mean = pl.col("loss") < pl.col("loss").mean()
     reason = (
         pl.when(pl.col("epoch") > params.last_soft_epoch)
