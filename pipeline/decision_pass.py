@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline.label_noise import SUSPECT_LABEL, NoiseEstimate
+from pipeline.label_noise import SUSPECT, NoiseEstimate, noise_counts
 from pipeline.manifest import PoolHasher, WeightsHasher
 
 # Rows per slice: large enough that the per-slice overhead is small, small enough that a
@@ -29,9 +29,7 @@ from pipeline.manifest import PoolHasher, WeightsHasher
 PASS_ROWS = 1 << 20
 
 # The decisions file's columns, in order; a soft policy's decisions end with `weight`.
-# `likely_mislabeled` is the label-noise criterion (`pipeline.label_noise`): null before
-# the round's warm-up ends, so the pass can tell judged samples from the others.
-SUSPECT = "likely_mislabeled"
+# `likely_mislabeled` (SUSPECT) is the label-noise criterion (`pipeline.label_noise`).
 DECISION_COLUMNS = (
     "sample_id",
     "group",
@@ -144,7 +142,7 @@ def decision_pass(
                 frame.group_by("keep", "reason", "group").len().iter_rows()
             ):
                 (kept if keep else dropped)[(reason, group)] += count
-            noise += NoiseEstimate.from_counts(frame.select(_NOISE_COUNTS).row(0, named=True))
+            noise += NoiseEstimate.from_counts(frame.select(noise_counts()).row(0, named=True))
     return PassResult(
         scored=scored,
         pool_sha256=hasher.hexdigest(),
@@ -155,14 +153,3 @@ def decision_pass(
         weighted=weighted,
         noise=noise,
     )
-
-
-# A slice's `NoiseEstimate` from its decisions (the criterion already evaluated).
-_NOISE_COUNTS = [
-    pl.len().alias("scored"),
-    pl.col(SUSPECT).is_not_null().sum().alias("judged"),
-    pl.col(SUSPECT).fill_null(False).sum().alias("suspects"),
-    (pl.col(SUSPECT).fill_null(False) & pl.col("keep")).sum().alias("suspects_in_pool"),
-    pl.col("keep").sum().alias("pool"),
-    (pl.col("reason") == SUSPECT_LABEL).sum().alias("quarantined"),
-]

@@ -388,6 +388,13 @@ def results_frame(cells: list[Cell]) -> pl.DataFrame:
                     "step": step,
                     "pool_size": record["pool"]["size"],
                     **{f"pool_size.{g}": n for g, n in record["pool"]["by_group"].items()},
+                    # a soft policy's next training set (weight > 0); else the pool
+                    "trained_next": (record["pool"].get("weights") or {}).get(
+                        "trained", record["pool"]["size"]
+                    ),
+                    # the pipeline's own label-noise estimate (null for an older run)
+                    "noise_share": (record.get("noise") or {}).get("share"),
+                    "noise_warning": (record.get("noise") or {}).get("warning"),
                     "tokens_trained": record["tokens"]["trained"],
                     "tokens_scored": record["tokens"]["scored"],
                     "tokens_trained_step": record["tokens"]["trained_step"],

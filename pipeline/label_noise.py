@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import polars as pl
 
@@ -42,6 +42,9 @@ from pipeline.deltas import CALM_BAND
 from pipeline.errors import ConfigError
 
 SUSPECT_LABEL = "suspect-label"
+
+# The decisions' column holding the criterion: null before the round's warm-up ends.
+SUSPECT = "likely_mislabeled"
 
 # The score columns (`pipeline.deltas.SCORE_SCHEMA`) the criterion reads.
 CRITERION_COLUMNS = ("passes", "min_loss", "delta")
@@ -173,14 +176,21 @@ class NoiseEstimate:
         )
 
 
-def noise_counts(params: NoiseParams) -> list[pl.Expr]:
-    """The aggregations behind a `NoiseEstimate`, one named sum each, for a caller to fold
-    into a pass it already makes over the decided rows (`NoiseEstimate.from_counts`)."""
-    suspect = likely_mislabeled(params)
+def suspect_column(params: NoiseParams) -> pl.Expr:
+    """`likely_mislabeled` for a decisions file: the criterion, null while the sample is
+    not judged yet, so counts can tell judged samples from the others."""
+    return pl.when(judged(params)).then(likely_mislabeled(params)).alias(SUSPECT)
+
+
+def noise_counts() -> list[pl.Expr]:
+    """The aggregations behind a `NoiseEstimate` over decided rows with `keep`, `reason`
+    and `likely_mislabeled` (`suspect_column`), one named sum each: what the decision
+    pass folds in slice by slice, and what `stm manifests verify` recounts."""
+    suspect = pl.col(SUSPECT).fill_null(False)
     kept = pl.col("keep").fill_null(False)
     return [
         pl.len().alias("scored"),
-        judged(params).sum().alias("judged"),
+        pl.col(SUSPECT).is_not_null().sum().alias("judged"),
         suspect.sum().alias("suspects"),
         (suspect & kept).sum().alias("suspects_in_pool"),
         kept.sum().alias("pool"),
@@ -188,11 +198,66 @@ def noise_counts(params: NoiseParams) -> list[pl.Expr]:
     ]
 
 
-def noise_estimate(decisions: pl.LazyFrame, params: NoiseParams) -> NoiseEstimate:
+def noise_estimate(decisions: pl.LazyFrame | pl.DataFrame) -> NoiseEstimate:
     """The noise estimate of one step's decided rows, in one aggregation."""
-    _require(decisions, REQUIRED_COLUMNS, "the noise estimate")
+    _require(decisions.lazy(), (SUSPECT, "keep", "reason"), "the noise estimate")
     return NoiseEstimate.from_counts(
-        decisions.select(noise_counts(params)).collect().row(0, named=True)
+        decisions.lazy().select(noise_counts()).collect().row(0, named=True)
+    )
+
+
+def noise_record(
+    params: NoiseParams,
+    estimate: NoiseEstimate,
+    round_index: int,
+    epoch: int,
+    previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """A step's label-noise entry for its manifest. `previous`: the entry of the previous
+    step of the same round (None at its first step), which carries the round's start: the
+    first step whose share is above 0 (a start at 0 would leave growth undefined for the
+    rest of the round). Everything here follows from the estimate and `previous`, so a
+    resumed run needs no history and `stm manifests verify` recomputes it."""
+    share = estimate.share
+    start_epoch, start_share = None, None
+    if previous and previous.get("round_start_share"):
+        start_epoch, start_share = previous["round_start_epoch"], previous["round_start_share"]
+    elif share:
+        start_epoch, start_share = epoch, share
+    history: list[NoiseStep] = [(round_index, epoch, share)]
+    if start_epoch is not None and start_epoch != epoch:
+        history.insert(0, (round_index, start_epoch, start_share))
+    return {
+        "guard": params.guard,
+        "high_loss": params.high_loss,
+        "warmup": params.warmup,
+        "growth_threshold": params.growth,
+        "scored_suspects": estimate.suspects,
+        "pool_suspects": estimate.suspects_in_pool,
+        "quarantined": estimate.quarantined,
+        "share": share,
+        "round_start_epoch": start_epoch,
+        "round_start_share": start_share,
+        "growth": noise_growth(start_share, share),
+        "warning": noise_warning(history, params),
+    }
+
+
+def previous_noise(parent: dict[str, Any], round_index: int) -> dict[str, Any] | None:
+    """The noise entry a step continues from: its parent's, when the parent is a step of
+    the same round (a reset starts the round afresh; an older record has none)."""
+    if parent["round"] != round_index or parent["kind"] != "prune":
+        return None
+    return parent.get("noise")
+
+
+def params_of_record(noise: dict[str, Any]) -> NoiseParams:
+    """The settings a manifest's noise entry was computed with."""
+    return NoiseParams(
+        high_loss=noise["high_loss"],
+        warmup=noise["warmup"],
+        growth=noise["growth_threshold"],
+        guard=noise["guard"],
     )
 
 
@@ -229,12 +294,11 @@ def noise_warning(history: Sequence[NoiseStep], params: NoiseParams) -> str | No
 
 
 def _require(frame: pl.LazyFrame, columns: Sequence[str], what: str) -> None:
-    """Refuse decided rows without the score columns the criterion reads: the caller must
-    keep the scores' diagnostics beside the decision (they are dropped from a decisions
-    file), or every sample would silently count as clean."""
+    """Refuse rows without the columns a computation reads (the score diagnostics of
+    `pipeline.deltas`, a policy's keep and reason, the criterion's column), or every
+    sample would silently count as clean."""
     missing = [name for name in columns if name not in frame.collect_schema().names()]
     if missing:
         raise ValueError(
-            f"{what} needs the columns {', '.join(columns)} (the score columns of "
-            f"pipeline.deltas with a policy's keep and reason); missing: {', '.join(missing)}"
+            f"{what} needs the columns {', '.join(columns)}; missing: {', '.join(missing)}"
         )

@@ -183,7 +183,14 @@ def training_weights(root: Path, record: dict[str, Any]) -> pl.DataFrame | None:
     entry = record["pool"].get("weights")
     if entry is None:
         return None
-    weights = pl.read_parquet(root / entry["path"], columns=["sample_id", "weight"])
+    path = root / entry["path"]
+    weights = pl.read_parquet(path, columns=["sample_id", "weight"])
+    # Checked before use, as the pool's ids are: training on changed weights would be an
+    # epoch no manifest describes.
+    if weights_hash(weights.get_column("weight")) != entry["sha256"]:
+        raise ManifestIntegrityError(
+            f"{path}: weights do not match their hash in manifest {record['id'][:12]}"
+        )
     return weights.filter(pl.col("weight") > 0)
 
 

@@ -317,9 +317,10 @@ def infobatch(scores: pl.LazyFrame, params: PolicyParams) -> pl.LazyFrame:
     `prune_ratio` (`skipped`, weight 0); the other below-mean samples weigh 1/(1 -
     prune_ratio) (`rescaled`), so the expected gradient stays that of the full pool; the
     rest weigh 1 (`above_mean`). Nothing leaves the pool for good: every sample is scored
-    again and drawn afresh each epoch. After epoch `last_soft_epoch` (the edge resolves it
-    from the run's epochs and `anneal_epochs`) the whole pool trains unweighted
-    (`anneal`), InfoBatch's annealing, which undoes the bias of the rescaling."""
+    again and drawn afresh each epoch. In the last epochs the whole pool trains unweighted
+    (`anneal`), InfoBatch's annealing, which undoes the bias of the rescaling: the
+    decisions after epochs `last_soft_epoch + 1` onwards (the edge resolves it from the
+    run's epochs and `anneal_epochs`) weight every sample 1."""
     if params.last_soft_epoch is None:
         raise ValueError("policy 'infobatch' needs the step's last_soft_epoch from the I/O edge")
     ratio = params.prune_ratio
@@ -360,7 +361,6 @@ class PolicyEntry:
     decide: Policy
     row_local: bool
     params: tuple[str, ...]
-    soft: bool = False
 
 
 POLICIES: dict[str, PolicyEntry] = {
@@ -374,7 +374,7 @@ POLICIES: dict[str, PolicyEntry] = {
     "selective-repetition": PolicyEntry(
         selective_repetition, False, ("schedule", "rank_column", "rank_order")
     ),
-    "infobatch": PolicyEntry(infobatch, False, ("prune_ratio", "anneal_epochs", "seed"), soft=True),
+    "infobatch": PolicyEntry(infobatch, False, ("prune_ratio", "anneal_epochs", "seed")),
 }
 
 
@@ -394,12 +394,6 @@ def get_policy(name: str) -> Policy:
 
 def is_row_local(name: str) -> bool:
     return _entry(name).row_local
-
-
-def is_soft(name: str) -> bool:
-    """A soft policy weights the next epoch's training instead of removing samples: its
-    decisions carry a `weight` column and keep every sample in the pool."""
-    return _entry(name).soft
 
 
 def policy_parameters(name: str, config: PolicyConfig, round_index: int) -> dict[str, object]:

@@ -18,7 +18,6 @@ import pyarrow as pa
 from pipeline.config import PolicyConfig, load_config
 from pipeline.decision_pass import (
     DECISION_COLUMNS,
-    SUSPECT,
     WEIGHT,
     Misaligned,
     PassResult,
@@ -29,12 +28,10 @@ from pipeline.decision_pass import (
 from pipeline.deltas import with_loss_deltas
 from pipeline.errors import ConfigError, ManifestIntegrityError
 from pipeline.label_noise import (
-    NoiseEstimate,
     NoiseParams,
-    judged,
-    likely_mislabeled,
-    noise_growth,
-    noise_warning,
+    noise_record,
+    previous_noise,
+    suspect_column,
     with_noise_guard,
 )
 from pipeline.manifest import (
@@ -232,9 +229,7 @@ def decide(
     params = params or PolicyParams.for_round(policy, round_index)
     decided = get_policy(policy.name)(scores, params)
     noise = NoiseParams.from_policy(policy)
-    decided = with_noise_guard(decided, noise).with_columns(
-        pl.when(judged(noise)).then(likely_mislabeled(noise)).alias(SUSPECT)
-    )
+    decided = with_noise_guard(decided, noise).with_columns(suspect_column(noise))
     columns = [name for name in DECISION_COLUMNS if name != "group"]
     if WEIGHT in decided.collect_schema():  # a soft policy's
         columns.append(WEIGHT)
@@ -437,45 +432,18 @@ def record_decisions(
             "scored_step": step.tokens_scored,
         },
         "metrics": step.metrics,
-        "noise": noise_record(NoiseParams.from_policy(policy), seen.noise, parent, step),
+        "noise": noise_record(
+            NoiseParams.from_policy(policy),
+            seen.noise,
+            step.round_index,
+            step.epoch,
+            previous_noise(parent, step.round_index),
+        ),
         "reproduce": _reproduce(layout),
     }
     if record["noise"]["warning"]:
         log.warning("%s", record["noise"]["warning"])
     return _write_manifest(layout, record)
-
-
-def noise_record(
-    params: NoiseParams, estimate: NoiseEstimate, parent: dict[str, Any], step: StepInputs
-) -> dict[str, Any]:
-    """The step's label-noise estimate for its manifest: likely-mislabeled samples scored,
-    left in the pool and quarantined, their share of the pool, and its growth since the
-    round's first judged step (carried from the parent, so a resumed run needs no
-    history), with the warning when it grew more than `params.growth` times."""
-    share = estimate.share
-    start = parent.get("noise") or {}
-    if parent["round"] != step.round_index or start.get("round_start_share") is None:
-        start = {"round_start_epoch": step.epoch, "round_start_share": share}
-    first_epoch, first_share = start["round_start_epoch"], start["round_start_share"]
-    if first_share is None:
-        first_epoch = None
-    history = [(step.round_index, step.epoch, share)]
-    if first_epoch is not None and first_epoch != step.epoch:
-        history.insert(0, (step.round_index, first_epoch, first_share))
-    return {
-        "guard": params.guard,
-        "high_loss": params.high_loss,
-        "warmup": params.warmup,
-        "growth_threshold": params.growth,
-        "scored_suspects": estimate.suspects,
-        "pool_suspects": estimate.suspects_in_pool,
-        "quarantined": estimate.quarantined,
-        "share": share,
-        "round_start_epoch": first_epoch,
-        "round_start_share": first_share,
-        "growth": noise_growth(first_share, share),
-        "warning": noise_warning(history, params),
-    }
 
 
 def _checked_pass(

@@ -161,6 +161,11 @@ def check_review_target(path: Path, shards: Path | None = None) -> None:
             f"{path}: inside the export directory {shards}, where a trainer would read it "
             "as a shard; write the review elsewhere"
         )
+    # Checked before anything is written: the directory to create the file in must be
+    # one, or be creatable under the nearest existing directory.
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise StoreError(f"{path}: {existing} is a file, not a directory")
 
 
 def write_review(
@@ -174,7 +179,10 @@ def write_review(
     frame = with_sample_columns(
         review.rows.lazy(), pl.scan_parquet(samples), dataset_columns(pq.read_schema(samples))
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"{path}: cannot create its directory: {err.strerror}") from err
     with atomic_path(path) as tmp:
         if fmt == "parquet":
             frame.sink_parquet(tmp)

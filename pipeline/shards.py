@@ -72,11 +72,17 @@ def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]
 def _with_weights(
     batches: Iterator[pa.RecordBatch], weights: pl.DataFrame
 ) -> Iterator[pa.RecordBatch]:
-    """Each batch with its samples' `weight`, in the batch's row order."""
+    """Each batch with its samples' `weight`, in the batch's row order: looked up by
+    binary search in the weights (sorted by id), so each batch costs its own size, not the
+    pool's."""
+    ids, values = weights.get_column("sample_id"), weights.get_column("weight")
     for batch in batches:
-        frame = pl.from_arrow(pa.Table.from_batches([batch]))
-        joined = frame.join(weights, on="sample_id", how="left", maintain_order="left")
-        yield from joined.to_arrow().to_batches()
+        batch_ids = pl.Series(batch.column("sample_id"))
+        at = ids.search_sorted(batch_ids, side="left")
+        found = ids.gather(at.clip(0, max(ids.len() - 1, 0)))
+        if not found.equals(batch_ids, check_names=False):
+            raise ManifestIntegrityError("a sample of the pool has no training weight")
+        yield batch.append_column("weight", values.gather(at).to_arrow())
 
 
 def _write_shard(table: pa.Table, path: Path, fmt: ShardFormat) -> None:

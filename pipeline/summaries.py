@@ -64,10 +64,14 @@ def step_markdown(record: dict[str, Any], manifest_path: Path) -> str:
     return "\n".join(lines)
 
 
-def noise_line(noise: dict[str, Any]) -> str:
+def noise_line(noise: dict[str, Any], pool_size: int) -> str:
     """The label-noise estimate of a step in words (`pipeline.label_noise`)."""
     if noise["share"] is None:
-        return "likely mislabeled: not judged yet (warm-up)"
+        return (
+            "likely mislabeled: none (empty pool)"
+            if pool_size == 0
+            else "likely mislabeled: not judged yet (warm-up)"
+        )
     quarantined = f", {noise['quarantined']:,} quarantined" if noise["guard"] else ""
     growth = "" if noise["growth"] is None else f", {noise['growth']:.1f}x the round's start"
     return (
@@ -83,7 +87,7 @@ def noise_markdown(record: dict[str, Any]) -> list[str]:
     if not noise:
         return []
     warning = [f"> **Warning:** {noise['warning']}", ""] if noise["warning"] else []
-    return [*warning, f"- {noise_line(noise)}"]
+    return [*warning, f"- {noise_line(noise, record['pool']['size'])}"]
 
 
 def run_markdown(manifests: list[dict[str, Any]], run_dir: Path) -> str:

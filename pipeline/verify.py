@@ -10,9 +10,14 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.decision_pass import SUSPECT
 from pipeline.errors import ManifestIntegrityError
-from pipeline.label_noise import SUSPECT_LABEL
+from pipeline.label_noise import (
+    SUSPECT,
+    noise_estimate,
+    noise_record,
+    params_of_record,
+    previous_noise,
+)
 from pipeline.manifest import group_counts, load_manifest, verify_manifest
 from pipeline.store import RunLayout, list_runs, step_name
 
@@ -126,29 +131,32 @@ def _recount_decisions(
     kept = decisions.filter(pl.col("keep"))["sample_id"].sort()
     if not kept.equals(pool_ids["sample_id"].sort()):
         problems.append(f"{path}: the samples kept by the decisions are not the pool")
-    problems += _recount_noise(path, record, decisions)
+    problems += _recount_noise(path, record, parent, decisions)
     joined = decisions.join(scores, on="sample_id", how="left", suffix="_scored")
     if joined.filter(pl.col("loss") != pl.col("loss_scored")).height:
         problems.append(f"{path}: decisions and scores disagree on losses")
     return problems
 
 
-def _recount_noise(path: Path, record: dict[str, Any], decisions: pl.DataFrame) -> list[str]:
-    """The step's label-noise counts, recomputed from the decisions' criterion column
-    (a record written before the estimate existed has neither)."""
+def _recount_noise(
+    path: Path, record: dict[str, Any], parent: dict[str, Any], decisions: pl.DataFrame
+) -> list[str]:
+    """The step's label-noise entry, recomputed from the decisions' criterion column and
+    the parent's entry (a record written before the estimate existed has neither)."""
     noise = record.get("noise")
     if noise is None or SUSPECT not in decisions.columns:
         return []
-    suspect = pl.col(SUSPECT).fill_null(False)
-    recounted = decisions.select(
-        scored_suspects=suspect.sum(),
-        pool_suspects=(suspect & pl.col("keep")).sum(),
-        quarantined=(pl.col("reason") == SUSPECT_LABEL).sum(),
-    ).row(0, named=True)
+    expected = noise_record(
+        params_of_record(noise),
+        noise_estimate(decisions),
+        record["round"],
+        record["epoch"],
+        previous_noise(parent, record["round"]),
+    )
     return [
-        f"{path}: noise.{key} {noise[key]} but the decisions hold {value}"
-        for key, value in recounted.items()
-        if noise[key] != value
+        f"{path}: noise.{key} {noise.get(key)!r} but the decisions give {value!r}"
+        for key, value in expected.items()
+        if noise.get(key) != value
     ]
 
 

@@ -146,6 +146,8 @@ def test_changed_weights_fail_verification(soft_run) -> None:
     weights.with_columns(weight=pl.col("weight") * 2).write_parquet(path)
     with pytest.raises(ManifestIntegrityError, match="weights do not match their hash"):
         verify_manifest(layout.root, layout.manifest(0, 1))
+    with pytest.raises(ManifestIntegrityError, match="weights do not match their hash"):
+        training_set(layout, records[1])  # nor trained or exported on
 
 
 def test_training_and_export_take_the_samples_weighted_above_zero(soft_run, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pipeline.label_noise import (
     noise_estimate,
     noise_growth,
     noise_warning,
+    suspect_column,
     with_noise_guard,
 )
 from pipeline.policies import Policy, PolicyParams, anti_stm, standard, stm
@@ -58,7 +59,8 @@ def decide_round(
         decisions = policy(scores.lazy(), params)
         if noise is not None:
             decisions = with_noise_guard(decisions, noise)
-        step = decisions.collect()
+        # the criterion's column, as `pipeline.pruning.decide` adds it
+        step = decisions.with_columns(suspect_column(noise or NoiseParams())).collect()
         decided.append(step)
         pool = set(step.filter("keep")["sample_id"])
         previous = scores.lazy()
@@ -135,34 +137,34 @@ def test_missing_diagnostics_are_null_safe_and_missing_columns_refused() -> None
     with pytest.raises(ValueError, match="missing: passes, min_loss, delta"):
         with_noise_guard(decided, GUARD)
     with pytest.raises(ValueError, match="the noise estimate needs"):
-        noise_estimate(decided, GUARD)
+        noise_estimate(decided)
     assert with_noise_guard(decided, NoiseParams()) is decided  # guard off: not even read
 
 
 def test_noise_estimate_counts() -> None:
     steps = decide_round(HISTORIES, NoiseParams())
-    third = noise_estimate(steps[2].lazy(), NoiseParams())
+    third = noise_estimate(steps[2].lazy())
     # easy was mastered at pass 2; noisy and rising are suspects the stm policy keeps
     assert third == NoiseEstimate(
         scored=6, judged=6, suspects=2, suspects_in_pool=2, pool=6, quarantined=0
     )
     assert third.share == pytest.approx(2 / 6)
-    guarded = noise_estimate(decide_round(HISTORIES, GUARD)[2].lazy(), GUARD)
+    guarded = noise_estimate(decide_round(HISTORIES, GUARD)[2].lazy())
     assert guarded == NoiseEstimate(
         scored=6, judged=6, suspects=2, suspects_in_pool=0, pool=4, quarantined=2
     )
     assert guarded.share == 0.0
-    second = noise_estimate(steps[1].lazy(), NoiseParams())
+    second = noise_estimate(steps[1].lazy())
     assert (second.judged, second.suspects, second.share) == (0, 0, None)  # warm-up
-    empty = noise_estimate(steps[2].lazy().head(0), NoiseParams())
+    empty = noise_estimate(steps[2].lazy().head(0))
     assert empty == NoiseEstimate(0, 0, 0, 0, 0, 0) and empty.share is None
 
 
 def test_noise_estimates_of_slices_add_up() -> None:
     step = decide_round(HISTORIES, GUARD)[2]
-    whole = noise_estimate(step.lazy(), GUARD)
+    whole = noise_estimate(step.lazy())
     parts = [
-        NoiseEstimate.from_counts(piece.select(noise_counts(GUARD)).row(0, named=True))
+        NoiseEstimate.from_counts(piece.select(noise_counts()).row(0, named=True))
         for piece in step.iter_slices(2)
     ]
     assert sum(parts[1:], parts[0]) == whole
@@ -181,9 +183,7 @@ def stm_pool_histories() -> dict[str, list[float]]:
 
 def shares(policy: Policy, noise: NoiseParams) -> list[tuple[int, int, float | None]]:
     steps = decide_round(stm_pool_histories(), noise, policy)
-    return [
-        (0, epoch, noise_estimate(step.lazy(), noise).share) for epoch, step in enumerate(steps, 1)
-    ]
+    return [(0, epoch, noise_estimate(step.lazy()).share) for epoch, step in enumerate(steps, 1)]
 
 
 def test_the_warning_fires_when_stm_concentrates_the_noise() -> None:

@@ -34,13 +34,16 @@ LOSSES = [
 ]
 
 
-def run_round(root: Path, policy: PolicyConfig) -> tuple[RunLayout, list[dict[str, Any]]]:
+def run_round(
+    root: Path, policy: PolicyConfig, passes: list[dict[str, float]] = LOSSES
+) -> tuple[RunLayout, list[dict[str, Any]]]:
     layout = RunLayout(root, "noisy")
     layout.run_dir.mkdir(parents=True)
     pq.write_table(make_sample_table(n=8), layout.samples)
-    layout.config.write_text(dumps_toml(RunConfig(epochs=4, rounds=1, policy=policy)))
+    config = RunConfig(epochs=len(passes), rounds=1, policy=policy)
+    layout.config.write_text(dumps_toml(config))
     records = [reset_pool(layout, 0, None, policy, "fp")]
-    for epoch, losses in enumerate(LOSSES, start=1):
+    for epoch, losses in enumerate(passes, start=1):
         pool = set(pl.read_parquet(layout.resolve(records[-1]["pool"]["path"]))["sample_id"])
         if not pool:
             break
@@ -116,7 +119,7 @@ def test_a_changed_noise_count_fails_verification(tmp_path: Path) -> None:
     path.chmod(0o644)
     path.write_text(json.dumps(tampered))
     problems = verify_store(layout.root, sorted(layout.manifest_dir.glob("*.json")))[1]
-    assert problems == [f"{path}: noise.pool_suspects 0 but the decisions hold 2"]
+    assert problems == [f"{path}: noise.pool_suspects 0 but the decisions give 2"]
 
 
 def test_the_warning_heads_the_steps_artifact_and_the_runs_summary(tmp_path: Path) -> None:
@@ -131,3 +134,41 @@ def test_the_warning_heads_the_steps_artifact_and_the_runs_summary(tmp_path: Pat
     summary = run_markdown(records, layout.run_dir).splitlines()
     assert summary[2] == f"> **Warning:** {records[4]['noise']['warning']}"
     assert "Warning" not in step_markdown(records[3], layout.manifest(0, 3))
+
+
+# The noisy samples still fall by 0.2 at the first judged pass (epoch 3), so the pool's
+# share is 0 there; they stall from epoch 4 while the clean samples leave.
+SLOW_START = [
+    dict.fromkeys(IDS, 2.0) | {"s006": 3.0, "s007": 3.0},
+    dict.fromkeys(IDS, 1.0) | {"s006": 2.8, "s007": 2.8},
+    dict.fromkeys(IDS, 0.9) | {"s006": 2.6, "s007": 2.6},
+    dict.fromkeys(IDS[:2], 0.2) | dict.fromkeys(IDS[2:6], 0.8) | {"s006": 2.6, "s007": 2.6},
+    dict.fromkeys(IDS[2:6], 0.2) | {"s006": 2.6, "s007": 2.6},
+]
+
+
+def test_a_round_whose_first_judged_share_is_zero_starts_at_its_first_suspect(
+    tmp_path: Path,
+) -> None:
+    layout, records = run_round(tmp_path, PolicyConfig(delta=0.1, floor=0.3), SLOW_START)
+    noise = [r["noise"] for r in records[1:]]
+    assert [n["share"] for n in noise] == [None, None, 0.0, pytest.approx(2 / 6), 1.0]
+    assert [n["round_start_epoch"] for n in noise] == [None, None, None, 4, 4]
+    assert noise[4]["growth"] == pytest.approx(3.0)
+    assert noise[4]["warning"].startswith("round 0 epoch 5: likely-mislabeled share")
+    assert verify_store(layout.root, sorted(layout.manifest_dir.glob("*.json")))[1] == []
+
+
+def test_verify_recomputes_the_share_growth_and_warning(tmp_path: Path) -> None:
+    layout, records = run_round(tmp_path, PolicyConfig(delta=0.1, floor=0.3))
+    path = layout.manifest(0, 4)
+    record = records[4]
+    quiet = {**record["noise"], "share": 0.01, "growth": 0.03, "warning": None}
+    path.chmod(0o644)
+    path.write_text(json.dumps({**record, "noise": quiet}))
+    problems = verify_store(layout.root, sorted(layout.manifest_dir.glob("*.json")))[1]
+    assert [problem.split(": ", 1)[1].split(" ", 1)[0] for problem in problems] == [
+        "noise.share",
+        "noise.growth",
+        "noise.warning",
+    ]

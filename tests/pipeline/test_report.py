@@ -312,7 +312,6 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium at /usr/bin/chromium or on PATH")
 def test_a_run_resumed_across_versions_reads_scores_with_and_without_diagnostics(
     tmp_path: Path,
 ) -> None:
@@ -330,6 +329,7 @@ def test_a_run_resumed_across_versions_reads_scores_with_and_without_diagnostics
     assert first_pass.height == old.height > 0
 
 
+@pytest.mark.skipif(_chromium() is None, reason="no chromium at /usr/bin/chromium or on PATH")
 def test_the_report_renders_in_a_headless_browser(written: dict, tmp_path: Path) -> None:
     """The documented check (README, "Reports"): the page opens from disk, offline, and
     draws its figures; a page that failed to load would screenshot as one flat colour."""

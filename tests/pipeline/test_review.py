@@ -9,8 +9,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from click.testing import CliRunner
 
 from pipeline.catalog import Catalog
+from pipeline.cli import cli
 from pipeline.errors import StoreError
 from pipeline.label_noise import SUSPECT_LABEL
 from pipeline.manifest import with_id
@@ -143,3 +145,24 @@ def test_write_review_refuses_an_existing_file_and_the_shard_directory(
     shards = tmp_path / "shards"
     with pytest.raises(StoreError, match=r"inside the export directory .*shards"):
         write_review(store, review, shards / "review.parquet", "parquet", shards)
+    blocked = existing / "inside" / "review.jsonl"  # under a file: no directory to make
+    with pytest.raises(StoreError, match=r"r.parquet is a file, not a directory"):
+        write_review(store, review, blocked, "jsonl")
+
+
+def test_export_refuses_a_review_under_a_file_before_writing_any_shard(
+    store: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "exists.parquet"
+    blocker.write_bytes(b"x")
+    result = CliRunner().invoke(
+        cli,
+        ["export", "guarded", "--store", str(store), "--out", str(tmp_path / "shards")]
+        + ["--review", str(blocker / "r.jsonl")],
+    )
+    assert result.exit_code == 1
+    assert (
+        result.stderr.strip()
+        == f"Error: {blocker / 'r.jsonl'}: {blocker} is a file, not a directory"
+    )
+    assert not (tmp_path / "shards").exists()
