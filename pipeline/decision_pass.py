@@ -94,8 +94,6 @@ def decision_pass(
         raise Misaligned
     parent_schema = pl.scan_parquet(parent_pool).select("sample_id", "group").collect_schema()
     decided_schema = pl.scan_parquet(decisions).collect_schema()
-    judged = SUSPECT in decided_schema  # else decided without the criterion: all null
-    decided_schema = pl.Schema({SUSPECT: pl.Boolean}) | decided_schema
     names = [*DECISION_COLUMNS, *([WEIGHT] if WEIGHT in decided_schema else [])]
     if WEIGHT in names and weights_out is None:
         raise ValueError("decisions with weights need a weights_out file")
@@ -105,7 +103,7 @@ def decision_pass(
     dropped: Counter[tuple[str, str]] = Counter()
     weighted = 0
     noise = NoiseEstimate(0, 0, 0, 0, 0, 0)
-    columns = [name for name in names if name != "group" and (judged or name != SUSPECT)]
+    columns = [name for name in names if name != "group"]
     weights_schema = pl.Schema({"sample_id": pl.String, WEIGHT: pl.Float64})
     with ExitStack() as files:
         out = files.enter_context(
@@ -125,8 +123,6 @@ def decision_pass(
             ids, parent_ids = frame.get_column("sample_id"), parent.get_column("sample_id")
             if not ids.eq_missing(parent_ids).all():  # a null id must not pass as aligned
                 raise Misaligned
-            if not judged:
-                frame = frame.with_columns(pl.lit(None, pl.Boolean).alias(SUSPECT))
             frame = frame.with_columns(parent.get_column("group")).select(names)
             out.write_table(frame.to_arrow())
             survivors = frame.filter(pl.col("keep"))

@@ -33,8 +33,14 @@ def write_decisions(path: Path, ids: list[str], keep: list[bool]) -> Path:
             "loss": [0.5] * len(ids),
             "loss_prev": [1.0] * len(ids),
             "delta": [0.5] * len(ids),
+            "likely_mislabeled": [None] * len(ids),
         },
-        schema_overrides={"loss": pl.Float32, "loss_prev": pl.Float32, "delta": pl.Float32},
+        schema_overrides={
+            "loss": pl.Float32,
+            "loss_prev": pl.Float32,
+            "delta": pl.Float32,
+            "likely_mislabeled": pl.Boolean,
+        },
     ).write_parquet(path)
     return path
 
