@@ -177,12 +177,15 @@ def _pool_series(data: ReportData) -> list[tuple[str, pl.DataFrame]]:
     return series
 
 
-def _round_lines(ax: Axes, frame: pl.DataFrame, color: str, label: str, width: float) -> None:
-    """One line segment per round, so no line runs through a reset."""
+def _round_lines(
+    ax: Axes, frame: pl.DataFrame, color: str, label: str, width: float, column: str = "size"
+) -> None:
+    """One line segment per round of `column` against the step, so no line runs through
+    a reset."""
     for index, (_, rows) in enumerate(frame.group_by("round", maintain_order=True)):
         ax.plot(
             rows["step"],
-            rows["size"],
+            rows[column],
             color=color,
             marker="o",
             markersize=3.5,
@@ -563,16 +566,8 @@ def noise_plot(data: ReportData) -> bytes:
         shares = noise.filter(pl.col("share").is_not_null())
         if shares.is_empty():
             _empty(top, "no share yet: every step so far was within the warm-up")
+        _round_lines(top, shares, NOISE_COLOR, "likely-mislabeled share", 2, column="share")
         for index, (_, rows) in enumerate(shares.group_by("round", maintain_order=True)):
-            top.plot(
-                rows["step"],
-                rows["share"],
-                color=NOISE_COLOR,
-                marker="o",
-                markersize=3.5,
-                lw=2,
-                label="likely-mislabeled share" if index == 0 else None,
-            )
             start, threshold = rows["round_start_share"][0], rows["growth_threshold"][0]
             # a share cannot pass 100%: above it, the round could not have warned
             if start and threshold and start * threshold < 1:
