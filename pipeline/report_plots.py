@@ -568,7 +568,10 @@ def noise_plot(data: ReportData) -> bytes:
             _empty(top, "no share yet: every step so far was within the warm-up")
         _round_lines(top, shares, NOISE_COLOR, "likely-mislabeled share", 2, column="share")
         for index, (_, rows) in enumerate(shares.group_by("round", maintain_order=True)):
-            start, threshold = rows["round_start_share"][0], rows["growth_threshold"][0]
+            # the round's start is set at its first step with a share above 0, maybe late
+            starts = rows["round_start_share"].drop_nulls()
+            start = starts[-1] if starts.len() else None
+            threshold = rows["growth_threshold"][0]
             # a share cannot pass 100%: above it, the round could not have warned
             if start and threshold and start * threshold < 1:
                 top.hlines(
